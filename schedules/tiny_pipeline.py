@@ -35,7 +35,9 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, (chr(c) for c in codes), strict=True))
 
 
-def write_byte_level_tokenizer(directory: Path, max_length: int = TOKENIZER_MAX_LENGTH) -> CLIPTokenizer:
+def write_byte_level_tokenizer(
+    directory: Path, max_length: int = TOKENIZER_MAX_LENGTH
+) -> CLIPTokenizer:
     """Write a character-level ``CLIPTokenizer`` (vocab.json, merges.txt) to ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     symbols = list(_bytes_to_unicode().values())
@@ -106,7 +108,7 @@ def build_tiny_pipeline(work_dir: Path, seed: int = 0) -> StableDiffusionPipelin
 
 
 def save_tiny_pipeline(directory: Path, seed: int = 0) -> Path:
-    """Build the tiny pipeline and save it as a diffusers folder loadable with ``from_pretrained``."""
+    """Build the tiny pipeline and save it as a diffusers folder (``from_pretrained`` loads it)."""
     directory = Path(directory)
     pipe = build_tiny_pipeline(directory.parent / f".{directory.name}-build", seed=seed)
     pipe.save_pretrained(directory)
