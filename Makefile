@@ -24,6 +24,7 @@ lint: install
 
 # Start a private real Redis server when none answers at OLSS_REDIS_URL.
 redis: install
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 	$(PY) -m app.dev_redis ensure
 
 test: install redis
