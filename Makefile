@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 export OLSS_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: install test lint redis run bench clean
+.PHONY: install test lint redis deploy-tools run bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,18 @@ redis: install
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 	$(PY) -m app.dev_redis ensure
 
-test: install redis
+# The offline deployment checks (tests/deploy) run promtool (Debian's prometheus package) and
+# docker-compose (Debian's, validates the compose files without a Docker engine).
+DEPLOY_TOOLS := promtool docker-compose
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+deploy-tools:
+	@for tool in $(DEPLOY_TOOLS); do command -v $$tool >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install \
+			-y -qq --no-install-recommends prometheus docker-compose >/dev/null; \
+	fi
+
+test: install redis deploy-tools
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 

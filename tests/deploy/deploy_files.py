@@ -1,0 +1,222 @@
+"""Readers for the deployment files and the small PromQL scanner the deploy tests share.
+
+The scanner finds which series names and label matchers a query uses; it is not a PromQL
+parser (``promtool check rules`` parses the queries). Series names are what is left once
+strings, label matchers, range selectors, grouping clauses, numbers and function calls are
+taken out of the query.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+COMPOSE_CPU_FILE = ROOT / "docker-compose.cpu.yml"
+DOCKER_DIR = ROOT / "docker"
+PROMETHEUS_CONFIG = DOCKER_DIR / "prometheus" / "prometheus.yml"
+ALERT_RULES = DOCKER_DIR / "prometheus" / "alerts.yml"
+ALERT_TESTS = Path(__file__).resolve().parent / "alerts_test.yml"
+GRAFANA_PROVISIONING = DOCKER_DIR / "grafana" / "provisioning"
+DASHBOARD = DOCKER_DIR / "grafana" / "dashboards" / "olss-latency.json"
+
+# Grafana's global variables, replaced by a value of the same kind before promtool parses.
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h"}
+
+# PromQL words that are neither functions (always followed by "(") nor series names.
+_KEYWORDS = {
+    "and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "group_left",
+    "group_right", "inf", "nan", "atan2",
+}
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
+_MATCHERS = re.compile(r"\{[^{}]*\}")
+_RANGE = re.compile(r"\[[^\[\]]*\]")
+_GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^()]*)\)")
+_IDENT = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
+_NUMBER = re.compile(r"(?<![A-Za-z0-9_:])\d[\w.]*")
+_SELECTOR = re.compile(r"([A-Za-z_:][A-Za-z0-9_:]*)\s*\{([^{}]*)\}")
+_MATCHER = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
+
+
+def promtool() -> str:
+    """The ``promtool`` binary; ``make deploy-tools`` installs it (Debian's prometheus)."""
+    path = shutil.which("promtool")
+    assert path, "promtool is not on PATH: run `make deploy-tools` (apt-get install prometheus)"
+    return path
+
+
+def run_tool(
+    *args: str | Path, cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a command; the result carries stdout and stderr for assertion messages."""
+    return subprocess.run(
+        [str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60,
+        check=False,
+    )
+
+
+def compose_config(*files: Path) -> dict[str, Any]:
+    """The compose model after validation, interpolation and merging: ``docker-compose config``.
+
+    Debian's ``docker-compose`` (1.29) validates against the Compose specification's JSON
+    schema offline, without a Docker engine.
+    """
+    binary = shutil.which("docker-compose")
+    assert binary, "docker-compose is not on PATH: run `make deploy-tools`"
+    args = [binary]
+    for file in files or (COMPOSE_FILE,):
+        args += ["-f", str(file)]
+    # Only the defaults written in the files: no OLSS_*, HF_TOKEN or COMPOSE_* from this shell.
+    env = {key: os.environ[key] for key in ("PATH", "HOME", "LANG") if key in os.environ}
+    result = run_tool(*args, "config", env=env)
+    assert result.returncode == 0, f"docker-compose config failed:\n{result.stderr}"
+    return yaml.safe_load(result.stdout)
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def scrape_job(name: str) -> dict[str, Any]:
+    """One ``scrape_configs`` entry of docker/prometheus/prometheus.yml by job name."""
+    (job,) = [j for j in load_yaml(PROMETHEUS_CONFIG)["scrape_configs"] if j["job_name"] == name]
+    return job
+
+
+def load_dashboard() -> dict[str, Any]:
+    return json.loads(DASHBOARD.read_text())
+
+
+def dashboard_queries(dashboard: dict[str, Any]) -> list[str]:
+    """Every ``expr`` of every panel target, rows' nested panels included."""
+    queries = []
+    for panel in all_panels(dashboard):
+        queries += [target["expr"] for target in panel.get("targets", []) if "expr" in target]
+    return queries
+
+
+def all_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    panels = []
+    for panel in dashboard.get("panels", []):
+        panels.append(panel)
+        panels += panel.get("panels", [])
+    return panels
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    """The alerting rules (not recording rules) of ``alerts.yml``."""
+    groups = load_yaml(ALERT_RULES)["groups"]
+    return [rule for group in groups for rule in group["rules"] if "alert" in rule]
+
+
+def with_grafana_variables_filled(expr: str) -> str:
+    for variable, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(variable, value)
+    return expr
+
+
+def series_names(expr: str) -> set[str]:
+    """Series names a PromQL query selects, e.g. ``{"olss_job_e2e_seconds_bucket"}``."""
+    text = _STRING.sub('""', with_grafana_variables_filled(expr))
+    text = _MATCHERS.sub(" ", text)
+    text = _RANGE.sub(" ", text)
+    text = _GROUPING.sub(" ", text)
+    text = _NUMBER.sub(" ", text)
+    names = set()
+    for match in _IDENT.finditer(text):
+        rest = text[match.end():].lstrip()
+        if rest.startswith("(") or match.group().lower() in _KEYWORDS:
+            continue
+        names.add(match.group())
+    return names
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """One label matcher of a selector: ``series{label op "value"}``."""
+
+    series: str
+    label: str
+    op: str
+    value: str
+
+    def matches(self, actual: str) -> bool:
+        if self.op == "=":
+            return actual == self.value
+        if self.op == "!=":
+            return actual != self.value
+        found = re.fullmatch(self.value, actual) is not None
+        return found if self.op == "=~" else not found
+
+
+def label_matchers(expr: str) -> list[Matcher]:
+    """The label matchers of every ``series{...}`` selector in a query."""
+    matchers = []
+    for selector in _SELECTOR.finditer(expr):
+        for label, op, value in _MATCHER.findall(selector.group(2)):
+            matchers.append(Matcher(selector.group(1), label, op, value.replace("\\\\", "\\")))
+    return matchers
+
+
+def grouping_labels(expr: str) -> set[str]:
+    """Labels named in ``by (...)`` / ``without (...)`` clauses."""
+    labels = set()
+    for match in _GROUPING.finditer(_STRING.sub('""', expr)):
+        if match.group(1) in {"by", "without"}:
+            labels |= {label.strip() for label in match.group(2).split(",") if label.strip()}
+    return labels
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One ``volumes:`` entry of a service: a named volume or a bind mount of a host path."""
+
+    source: str
+    target: str
+    read_only: bool
+
+    @property
+    def is_bind(self) -> bool:
+        return self.source.startswith(("/", "."))
+
+
+def mounts(service: dict[str, Any]) -> list[Mount]:
+    """The service's volumes, from either the short (``src:dst:mode``) or the long syntax."""
+    found = []
+    for entry in service.get("volumes", []):
+        if isinstance(entry, dict):
+            found.append(Mount(entry["source"], entry["target"], bool(entry.get("read_only"))))
+            continue
+        source, target, *mode = entry.split(":")
+        found.append(Mount(source, target, "ro" in (mode[0].split(",") if mode else [])))
+    return found
+
+
+def host_path(service: dict[str, Any], container_path: str) -> Path | None:
+    """The host path a bind mount of the service maps ``container_path`` to, if any."""
+    for mount in mounts(service):
+        inside = Path(container_path)
+        if mount.is_bind and inside.is_relative_to(mount.target):
+            return (ROOT / mount.source / inside.relative_to(mount.target)).resolve()
+    return None
+
+
+def published_ports(service: dict[str, Any]) -> dict[int, int]:
+    """``{container port: host port}`` from either port syntax."""
+    ports = {}
+    for entry in service.get("ports", []):
+        if isinstance(entry, dict):
+            ports[int(entry["target"])] = int(entry["published"])
+        else:
+            parts = str(entry).split(":")
+            ports[int(parts[-1])] = int(parts[-2] if len(parts) > 1 else parts[-1])
+    return ports

@@ -1,0 +1,265 @@
+"""Every series the dashboard and the alerts query is one the gateway and a worker export.
+
+Starts a private Redis, ``olss gateway`` restricted to the gateway image's packages (stdlib, the
+project, and docker/gateway-requirements.txt with its dependencies: what the slim image holds)
+and ``olss worker`` on the tiny pipeline, runs one job through them, then reads both /metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, distribution, packages_distributions
+from pathlib import Path
+
+import httpx
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.dev_redis import start_local_redis
+from tests.deploy.deploy_files import (
+    DOCKER_DIR,
+    alert_rules,
+    dashboard_queries,
+    grouping_labels,
+    label_matchers,
+    load_dashboard,
+    series_names,
+)
+from tests.support.processes import free_port, service_env, start_gateway, start_worker
+
+pytestmark = pytest.mark.e2e
+
+# The project packages docker/gateway.Dockerfile copies (workers/ needs torch: not there).
+PROJECT_PACKAGES = {"app", "schedules"}
+# Series Prometheus adds itself, and labels it attaches to every scraped series.
+PROMETHEUS_SERIES = {"up"}
+TARGET_LABELS = {"job", "instance", "__name__"}
+SERIES_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "summary": ("", "_sum", "_count", "_created"),
+}
+
+# A sitecustomize module for the gateway process: it makes the top-level modules of every
+# installed distribution that the gateway image does not hold unimportable, as in the image.
+GATEWAY_IMAGE_SITECUSTOMIZE = """
+import importlib.abc, os, sys
+
+with open(os.environ["GATEWAY_IMAGE_ABSENT_MODULES"]) as file:
+    ABSENT = set(file.read().split())
+
+
+class GatewayImage(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ABSENT:
+            raise ModuleNotFoundError(f"No module named {name!r} in the gateway image", name=name)
+        return None
+
+
+sys.meta_path.insert(0, GatewayImage())
+with open(os.environ["GATEWAY_IMAGE_ABSENT_MODULES"] + ".loaded", "w") as file:
+    file.write(str(os.getpid()))
+"""
+
+
+def requirement_closure(requirements: list[Requirement]) -> set[str]:
+    """Distributions the requirements pull in (extras and markers applied), as installed here."""
+    seen: set[tuple[str, frozenset[str]]] = set()
+    todo = list(requirements)
+    while todo:
+        requirement = todo.pop()
+        key = (canonicalize_name(requirement.name), frozenset(requirement.extras))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            dist = distribution(requirement.name)
+        except PackageNotFoundError:
+            continue
+        extras = requirement.extras or {""}
+        for spec in dist.requires or []:
+            sub = Requirement(spec)
+            if sub.marker is None or any(sub.marker.evaluate({"extra": e}) for e in extras):
+                todo.append(sub)
+    return {name for name, _ in seen}
+
+
+def gateway_image_modules() -> set[str]:
+    """Top-level modules of the distributions the gateway image installs, and the project's."""
+    lines = (DOCKER_DIR / "gateway-requirements.txt").read_text().splitlines()
+    wanted = requirement_closure(
+        [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
+    )
+    modules = {
+        module for module, dists in packages_distributions().items()
+        if any(canonicalize_name(d) in wanted for d in dists)
+    }
+    return modules | PROJECT_PACKAGES
+
+
+def modules_absent_from_the_gateway_image() -> set[str]:
+    """Top-level modules of every installed distribution the gateway image does not hold."""
+    return set(packages_distributions()) - gateway_image_modules()
+
+
+@dataclass(frozen=True)
+class Stack:
+    gateway_url: str
+    worker_metrics_url: str
+    gateway_pid: int
+    gateway_restricted_pid: int | None
+
+
+def gateway_image_env(env: dict[str, str], folder: Path) -> dict[str, str]:
+    """``env`` for a gateway process that can import only what the gateway image installs."""
+    (folder / "sitecustomize.py").write_text(GATEWAY_IMAGE_SITECUSTOMIZE)
+    absent = folder / "absent-modules.txt"
+    absent.write_text("\n".join(sorted(modules_absent_from_the_gateway_image())))
+    return {
+        **env,
+        "PYTHONPATH": os.pathsep.join([str(folder), env["PYTHONPATH"]]),
+        "GATEWAY_IMAGE_ABSENT_MODULES": str(absent),
+    }
+
+
+@pytest.fixture(scope="module")
+def stack(tiny_pipeline_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A private Redis, a tiny-model worker and a gateway limited to its image; one job run."""
+    tmp = tmp_path_factory.mktemp("deploy-stack")
+    redis_url = f"redis://127.0.0.1:{free_port()}/0"
+    redis_server = start_local_redis(redis_url, daemonize=False)
+    env = service_env(
+        redis_url, schedule_dir=tmp / "schedules", model=tiny_pipeline_dir,
+        cache_dir=tmp / "cache", device="cpu", log_level="warning",
+    )
+    try:
+        with start_worker(env) as worker, start_gateway(gateway_image_env(env, tmp)) as gateway:
+            wait_until_ready(gateway.url)
+            response = httpx.post(
+                f"{gateway.url}/generate",
+                json={"prompt": "a deploy check", "steps": 2, "scheduler": "ddim", "seed": 1},
+                headers={"Accept": "image/png"}, timeout=120,
+            )
+            assert response.status_code == 200, (
+                f"{response.text}\n--- gateway ---\n{gateway.log()}\n--- worker ---\n{worker.log()}"
+            )
+            assert response.content.startswith(b"\x89PNG")
+            marker = tmp / "absent-modules.txt.loaded"
+            restricted_pid = int(marker.read_text()) if marker.exists() else None
+            yield Stack(gateway.url, worker.metrics_url, gateway.process.pid, restricted_pid)
+    finally:
+        if redis_server is not None:
+            redis_server.terminate()
+            redis_server.wait(timeout=10)
+
+
+def wait_until_ready(gateway_url: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while httpx.get(f"{gateway_url}/readyz", timeout=5).status_code != 200:
+        assert time.monotonic() < deadline, f"{gateway_url}/readyz not ready in {timeout_s} s"
+        time.sleep(0.2)
+
+
+@dataclass
+class Exported:
+    """What one or more /metrics pages declare: series names, their label names and values."""
+
+    series: set[str] = field(default_factory=set)
+    labels: dict[str, set[str]] = field(default_factory=dict)
+    values: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+
+    def add(self, text: str) -> None:
+        for family in text_string_to_metric_families(text):
+            self.series |= {family.name + s for s in SERIES_SUFFIXES.get(family.type, ("",))}
+            for sample in family.samples:
+                self.series.add(sample.name)
+                self.labels.setdefault(sample.name, set()).update(sample.labels)
+                for label, value in sample.labels.items():
+                    self.values.setdefault((sample.name, label), set()).add(value)
+
+
+@pytest.fixture(scope="module")
+def exported(stack: Stack) -> Exported:
+    found = Exported()
+    for url in (f"{stack.gateway_url}/metrics", stack.worker_metrics_url):
+        response = httpx.get(url, timeout=10)
+        assert response.status_code == 200, url
+        found.add(response.text)
+    return found
+
+
+def monitoring_queries() -> dict[str, str]:
+    """``{where: query}`` for every dashboard target and alert rule."""
+    queries = {f"dashboard query {n}": q for n, q in enumerate(dashboard_queries(load_dashboard()))}
+    queries.update({f"alert {rule['alert']}": rule["expr"] for rule in alert_rules()})
+    return queries
+
+
+def missing_series(queries: dict[str, str], exported: Exported) -> dict[str, set[str]]:
+    missing = {}
+    for where, query in queries.items():
+        unknown = series_names(query) - exported.series - PROMETHEUS_SERIES
+        if unknown:
+            missing[where] = unknown
+    return missing
+
+
+def test_the_gateway_image_holds_no_torch() -> None:
+    absent = modules_absent_from_the_gateway_image()
+    assert {"torch", "diffusers", "transformers"} <= absent
+    assert not {"fastapi", "uvicorn", "redis", "prometheus_client", "app"} & absent
+    assert "workers" in absent
+
+
+def test_the_gateway_served_a_job_with_only_its_image_packages(stack: Stack) -> None:
+    assert stack.gateway_restricted_pid == stack.gateway_pid
+
+
+def test_every_queried_series_is_exported(exported: Exported) -> None:
+    assert missing_series(monitoring_queries(), exported) == {}
+
+
+def test_a_query_for_an_unknown_series_is_reported(exported: Exported) -> None:
+    queries = {"typo": "sum(rate(olss_job_e2e_second_bucket[5m]))", "ok": "max(olss_workers)"}
+    assert missing_series(queries, exported) == {"typo": {"olss_job_e2e_second_bucket"}}
+
+
+def test_queried_labels_exist_on_their_series(exported: Exported) -> None:
+    for where, query in monitoring_queries().items():
+        for matcher in label_matchers(query):
+            if matcher.series in PROMETHEUS_SERIES or matcher.label in TARGET_LABELS:
+                continue
+            assert matcher.label in exported.labels.get(matcher.series, set()), (
+                f"{where}: {matcher.series} has no label {matcher.label}"
+            )
+        used = series_names(query) - PROMETHEUS_SERIES
+        labels = set().union(*(exported.labels.get(name, set()) for name in used))
+        assert grouping_labels(query) - TARGET_LABELS <= labels, f"{where}: {query}"
+
+
+def test_bucket_selectors_match_an_exported_bucket(exported: Exported) -> None:
+    """``le="1"`` matches nothing when the client writes ``le="1.0"``; the SLO panel must match."""
+    checked = 0
+    for where, query in monitoring_queries().items():
+        for matcher in label_matchers(query):
+            if matcher.label == "le" and matcher.op in {"=", "=~"}:
+                values = exported.values.get((matcher.series, "le"), set())
+                assert any(matcher.matches(v) for v in values), f"{where}: {matcher} in {values}"
+                checked += 1
+    assert checked, "no query selects a histogram bucket (the SLO panel uses le=1)"
+
+
+def test_status_labels_are_http_codes_for_the_5xx_queries(exported: Exported) -> None:
+    statuses = exported.values[("olss_request_duration_seconds_count", "status")]
+    assert statuses and all(s.isdigit() and len(s) == 3 for s in statuses), statuses
+
+
+def test_workers_export_every_inference_stage(exported: Exported) -> None:
+    stages = exported.values[("olss_job_inference_seconds_bucket", "stage")]
+    assert {"encode", "denoise", "decode", "total"} <= stages
