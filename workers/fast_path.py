@@ -1,17 +1,34 @@
 """Device placement and the CUDA fast path for a diffusers Stable Diffusion pipeline.
 
 Each optimisation is a separate switch so benchmarks can measure each one's effect:
-fp16 weights/activations, PyTorch SDPA attention, channels-last memory format and
-``torch.compile`` of the UNet and VAE decoder. On CPU everything defaults to off (fp32).
+
+* ``fp16``: weights and activations in half precision. The OLSS update itself accumulates in
+  fp32 inside :class:`schedules.OLSSScheduler`; only the stored sample is fp16.
+* ``sdpa``: PyTorch's ``scaled_dot_product_attention`` (flash / memory-efficient kernels) in
+  the UNet, the VAE and the CLIP text encoder; off means the classic attention that materialises
+  the full attention matrix (diffusers ``AttnProcessor``, transformers ``"eager"``).
+* ``channels_last``: NHWC memory format for the UNet and VAE weights, which lets cuDNN pick its
+  tensor-core convolution kernels without layout transposes.
+* ``compile``: ``torch.compile`` of the UNet and the VAE decoder for static shapes. Compilation
+  happens on the first call at each shape, so a worker must call :func:`warm_up` for every shape
+  it serves before it takes requests.
+
+On CUDA the first three default to on and ``compile`` to off; on CPU everything is off (fp32)
+except SDPA. cuDNN autotuning (``torch.backends.cudnn.benchmark``) is turned on for CUDA in
+every configuration: the worker serves a few fixed shapes, and :func:`warm_up` pays the search.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields, replace
 
 import torch
 from diffusers import StableDiffusionPipeline
-from diffusers.models.attention_processor import AttnProcessor2_0
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -26,16 +43,42 @@ def pick_device(requested: str | None = None) -> torch.device:
 
 @dataclass(frozen=True)
 class FastPathOptions:
-    """Which optimisations to apply. ``for_device`` gives the defaults for a device."""
+    """Which optimisations to apply. ``for_device`` gives the defaults for a device.
+
+    Args:
+        fp16: half-precision weights and activations (``dtype`` is then ``torch.float16``).
+        sdpa: PyTorch SDPA attention; ``False`` selects the classic attention.
+        channels_last: NHWC memory format for the UNet and the VAE.
+        compile: ``torch.compile`` the UNet and the VAE decoder (static shapes, full graph).
+        compile_mode: the ``torch.compile`` mode, one of :data:`COMPILE_MODES`. ``"default"``
+            compiles in about a minute per shape; the autotuning modes take much longer.
+        compile_backend: the ``torch.compile`` backend; ``"eager"`` traces without generating
+            code (used by tests on machines without a GPU).
+    """
 
     fp16: bool = False
     sdpa: bool = True
     channels_last: bool = False
     compile: bool = False
+    compile_mode: str = "default"
+    compile_backend: str = "inductor"
+
+    def __post_init__(self) -> None:
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(
+                f"compile_mode {self.compile_mode!r} is not one of {', '.join(COMPILE_MODES)}"
+            )
 
     @classmethod
-    def for_device(cls, device: torch.device, **overrides: bool) -> FastPathOptions:
-        on_cuda = device.type == "cuda"
+    def for_device(cls, device: torch.device, **overrides: bool | str | None) -> FastPathOptions:
+        """Defaults for ``device`` with ``overrides`` applied; an override of ``None`` keeps the
+        default, so unset settings (``OLSS_FP16`` and the like) can be passed straight through.
+        """
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ValueError(f"unknown fast-path option(s) {unknown}; valid: {sorted(names)}")
+        on_cuda = torch.device(device).type == "cuda"
         defaults = cls(fp16=on_cuda, sdpa=True, channels_last=on_cuda, compile=False)
         return replace(defaults, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -43,25 +86,74 @@ class FastPathOptions:
     def dtype(self) -> torch.dtype:
         return torch.float16 if self.fp16 else torch.float32
 
+    @property
+    def label(self) -> str:
+        """Short human-readable name, e.g. ``fp16+sdpa+channels_last``."""
+        parts = [
+            "fp16" if self.fp16 else "fp32",
+            "sdpa" if self.sdpa else "classic-attn",
+        ]
+        if self.channels_last:
+            parts.append("channels_last")
+        if self.compile:
+            parts.append(f"compile({self.compile_mode})")
+        return "+".join(parts)
+
+
+def set_attention(pipe: StableDiffusionPipeline, sdpa: bool) -> None:
+    """SDPA attention (``True``) or the classic attention (``False``) in every model of ``pipe``.
+
+    diffusers already defaults to SDPA on torch 2, so ``False`` must be set explicitly for a
+    benchmark's "off" row to measure anything.
+    """
+    processor = AttnProcessor2_0() if sdpa else AttnProcessor()
+    pipe.unet.set_attn_processor(processor)
+    pipe.vae.set_attn_processor(processor)
+    text_encoder = getattr(pipe, "text_encoder", None)
+    if text_encoder is not None and hasattr(text_encoder, "set_attn_implementation"):
+        text_encoder.set_attn_implementation("sdpa" if sdpa else "eager")
+
 
 def apply_fast_path(
     pipe: StableDiffusionPipeline, device: torch.device, options: FastPathOptions
 ) -> StableDiffusionPipeline:
-    """Move ``pipe`` to ``device`` in the options' dtype and apply the enabled optimisations."""
-    pipe = pipe.to(device)
+    """Move ``pipe`` to ``device`` in the options' dtype and apply the enabled optimisations.
+
+    The pipeline is changed in place and returned. Compilation is lazy: see :func:`warm_up`.
+    """
+    device = torch.device(device)
     if pipe.unet.dtype != options.dtype:
-        pipe = pipe.to(dtype=options.dtype)
-    if options.sdpa:
-        pipe.unet.set_attn_processor(AttnProcessor2_0())
-        pipe.vae.set_attn_processor(AttnProcessor2_0())
-    if options.channels_last:
-        pipe.unet.to(memory_format=torch.channels_last)
-        pipe.vae.to(memory_format=torch.channels_last)
+        pipe = pipe.to(device=device, dtype=options.dtype)
+    else:
+        pipe = pipe.to(device)
+    set_attention(pipe, options.sdpa)
+    memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
+    pipe.unet.to(memory_format=memory_format)
+    pipe.vae.to(memory_format=memory_format)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     if options.compile:
-        pipe.unet = torch.compile(pipe.unet, mode="max-autotune", fullgraph=True)
-        pipe.vae.decode = torch.compile(pipe.vae.decode, mode="max-autotune", fullgraph=True)
+        compile_models(pipe, options)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def compile_models(pipe: StableDiffusionPipeline, options: FastPathOptions) -> None:
+    """``torch.compile`` the UNet and the VAE decoder in place (``nn.Module.compile``).
+
+    The modules keep their class and config, so the pipeline and diffusers' helpers still see a
+    ``UNet2DConditionModel`` and an ``AutoencoderKL``. Shapes are static (``dynamic=False``):
+    each served batch size and resolution compiles once, during :func:`warm_up`.
+    """
+    kwargs: dict[str, object] = {
+        "backend": options.compile_backend,
+        "fullgraph": True,
+        "dynamic": False,
+    }
+    if options.compile_backend == "inductor":
+        kwargs["mode"] = options.compile_mode
+    pipe.unet.compile(**kwargs)
+    pipe.vae.decoder.compile(**kwargs)
 
 
 def load_pipeline(
@@ -76,3 +168,60 @@ def load_pipeline(
         model, dtype=options.dtype, safety_checker=None, requires_safety_checker=False
     )
     return apply_fast_path(pipe, device, options)
+
+
+@dataclass(frozen=True)
+class ServeShape:
+    """One request shape a worker serves: images per batch, resolution, and whether CFG is on
+    (classifier-free guidance doubles the UNet's batch, so it is a different compiled shape).
+    """
+
+    batch_size: int
+    height: int = 512
+    width: int = 512
+    cfg: bool = True
+
+
+WarmUpRun = Callable[[StableDiffusionPipeline, ServeShape, int], object]
+
+
+def pipeline_call(pipe: StableDiffusionPipeline, shape: ServeShape, num_steps: int) -> object:
+    """One plain ``pipe(...)`` generation at ``shape``: the default :func:`warm_up` run."""
+    return pipe(
+        prompt=["warm-up"] * shape.batch_size,
+        height=shape.height,
+        width=shape.width,
+        num_inference_steps=num_steps,
+        guidance_scale=7.5 if shape.cfg else 1.0,
+        output_type="pt",
+    )
+
+
+def warm_up(
+    pipe: StableDiffusionPipeline,
+    shapes: Iterable[ServeShape],
+    num_inference_steps: int,
+    runs: int = 2,
+    run: WarmUpRun = pipeline_call,
+) -> dict[ServeShape, float]:
+    """Run ``runs`` generations at every shape so no request pays for one-time work.
+
+    That work is ``torch.compile`` (when compiled: about a minute per shape with the default
+    mode), cuDNN autotuning and the CUDA caching allocator's growth. ``run(pipe, shape, steps)``
+    must be the exact call the worker makes per batch (the default is a plain pipeline call):
+    compiled graphs are guarded on argument shapes, dtypes and memory layout, and any mismatch
+    recompiles on the first request instead. ``num_inference_steps`` must be one the pipeline's
+    scheduler accepts (an OLSS scheduler accepts only its schedule's length).
+
+    Returns the seconds the first run at each shape took (compile time included).
+    """
+    first_run_s: dict[ServeShape, float] = {}
+    for shape in shapes:
+        for attempt in range(max(1, runs)):
+            start = time.perf_counter()
+            run(pipe, shape, num_inference_steps)
+            if pipe.device.type == "cuda":
+                torch.cuda.synchronize(pipe.device)
+            if attempt == 0:
+                first_run_s[shape] = time.perf_counter() - start
+    return first_run_s
