@@ -1,0 +1,164 @@
+"""``olss calibrate`` and ``olss schedules list|show``: argparse subcommands.
+
+``app.cli`` builds the ``olss`` parser and calls :func:`register`. This module imports neither
+torch nor diffusers at import time; the calibrate handler imports them when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from schedules.registry import BUILTIN_DIR, SCHEDULE_DIR_ENV, ScheduleNotFound, ScheduleRegistry
+from schedules.schedule_file import Schedule, ScheduleFileError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``calibrate`` and ``schedules {list,show}`` to an ``olss`` parser's subparsers."""
+    calibrate = subparsers.add_parser(
+        "calibrate",
+        help="fit OLSS schedules for a model and write them to the registry",
+        description="Run a teacher sampler on calibration prompts, fit OLSS schedules "
+        "(arXiv:2305.14677, closed-loop by default) and write them as JSON schedule files.",
+    )
+    calibrate.add_argument("--model", required=True, help="HF model id or local diffusers folder")
+    calibrate.add_argument(
+        "--steps", type=int, nargs="+", default=[5, 8], help="schedule step counts (default 5 8)"
+    )
+    calibrate.add_argument("--prompts", type=Path, help="prompt file, one per line")
+    calibrate.add_argument("--teacher", default="ddim:100", help="teacher sampler, name:T")
+    calibrate.add_argument("--guidance", type=float, default=7.5, help="CFG scale")
+    calibrate.add_argument("--num-prompts", type=int, help="use the first N prompts")
+    calibrate.add_argument("--num-validation", type=int, default=8, help="held-out prompts")
+    calibrate.add_argument("--seed", type=int, default=0)
+    calibrate.add_argument("--batch-size", type=int, default=8)
+    calibrate.add_argument(
+        "--method", choices=["closed-loop", "paper", "uniform"], default="closed-loop"
+    )
+    calibrate.add_argument("--height", type=int, help="image height (default: model's native)")
+    calibrate.add_argument("--width", type=int, help="image width (default: model's native)")
+    calibrate.add_argument(
+        "--max-paths", type=int, default=16, help="closed-loop path fits per schedule (default 16)"
+    )
+    calibrate.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    calibrate.add_argument(
+        "--out",
+        type=Path,
+        help=f"registry folder to write (default: ${SCHEDULE_DIR_ENV}, else the built-in one)",
+    )
+    calibrate.set_defaults(func=run_calibrate)
+
+    schedules = subparsers.add_parser("schedules", help="inspect the schedule registry")
+    actions = schedules.add_subparsers(dest="schedules_command", required=True)
+    listing = actions.add_parser("list", help="list schedules in the registry")
+    listing.add_argument(
+        "--dir", type=Path, help=f"extra registry folder (default ${SCHEDULE_DIR_ENV})"
+    )
+    listing.set_defaults(func=run_list)
+    show = actions.add_parser("show", help="print one schedule file")
+    show.add_argument("name", help="entry name from 'olss schedules list', or a JSON file path")
+    show.add_argument(
+        "--dir", type=Path, help=f"extra registry folder (default ${SCHEDULE_DIR_ENV})"
+    )
+    show.set_defaults(func=run_show)
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from schedules.calibrate import calibrate, load_prompts
+
+    prompts = load_prompts(args.prompts)
+    if args.num_prompts is not None:
+        if args.num_prompts <= args.num_validation:
+            print(
+                f"error: --num-prompts {args.num_prompts} must exceed --num-validation "
+                f"{args.num_validation}",
+                file=sys.stderr,
+            )
+            return 2
+        prompts = prompts[: args.num_prompts]
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    pipe = StableDiffusionPipeline.from_pretrained(
+        args.model, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+    ).to(device)
+    out = args.out or Path(os.environ.get(SCHEDULE_DIR_ENV) or BUILTIN_DIR)
+    schedules = calibrate(
+        pipe,
+        prompts,
+        num_steps=args.steps,
+        teacher=args.teacher,
+        guidance_scale=args.guidance,
+        seed=args.seed,
+        num_validation=args.num_validation,
+        height=args.height,
+        width=args.width,
+        model_id=args.model,
+        batch_size=args.batch_size,
+        method=args.method,
+        max_paths=args.max_paths,
+    )
+    registry = ScheduleRegistry(out)
+    paths = [registry.put(schedule) for schedule in schedules]
+    print(summary_table(schedules))
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+def summary_table(schedules: list[Schedule]) -> str:
+    """One row per schedule: steps, method, final fit error, held-out errors and the winner."""
+    header = ["name", "steps", "method", "fit err", "held-out olss", "peers", "best"]
+    rows = [header]
+    for s in schedules:
+        h = s.fit_report.heldout
+        peers = ", ".join(f"{n} {e:.3g}" for n, e in h.peer_errors.items()) if h else "-"
+        rows.append(
+            [
+                s.name,
+                str(s.num_steps),
+                s.method,
+                f"{s.fit_report.final_error:.3g}",
+                f"{h.olss_error:.3g}" if h else "-",
+                peers,
+                h.best if h else "-",
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    notes = [s.fit_report.heldout.note for s in schedules if s.fit_report.heldout]
+    return "\n".join([*lines, *notes])
+
+
+def run_list(args: argparse.Namespace) -> int:
+    registry = ScheduleRegistry.default(args.dir)
+    entries = registry.list()
+    if not entries:
+        print("no schedules in " + ", ".join(str(r) for r in registry.roots))
+        return 0
+    rows = [["name", "model", "steps", "guidance", "method", "path"]]
+    rows += [
+        [e.name, e.model, str(e.steps), f"{e.guidance:g}", e.method, str(e.path)] for e in entries
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    try:
+        if args.name.endswith(".json") and Path(args.name).is_file():
+            schedule = Schedule.load(args.name)
+        else:
+            schedule = ScheduleRegistry.default(args.dir).find(args.name)
+    except (ScheduleNotFound, ScheduleFileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(schedule.to_dict(), indent=2))
+    return 0

@@ -1,0 +1,206 @@
+"""Fit OLSS coefficients on a given path: teacher-forced (the paper) and closed-loop.
+
+A path ``p_0 = 0 < p_1 < ... < p_{k-1} < T`` picks k teacher steps. Step i of the schedule
+evaluates the model at ``t_{p_i}`` and forms (Duan et al., arXiv:2305.14677, Eq. 7)
+
+    x_{i+1} = w_{i,0} x_0 + sum_{j<=i} w_{i,j+1} e_j,
+
+targeting the teacher sample ``x_{p_{i+1}}`` (``p_k = T``: the last step targets the final
+sample). The paper fits ``w_i`` with the teacher's own outputs ``e_{p_j}`` (teacher forcing,
+Eq. 8). The closed-loop fit instead runs the schedule as it will be used: after fitting step i it
+evaluates the model on the fitted samples ``x_{i+1}`` and fits step i+1 on *those* outputs, so
+later steps learn to correct the errors of earlier ones.
+
+Path *search* scores thousands of candidate fits from the Gram matrix (:mod:`schedules.gram`).
+The chosen path's coefficients are then solved on the data itself (QR, then an SVD of R with a
+singular-value cutoff), which keeps the accuracy that normal equations lose for near-collinear
+outputs (their condition number is squared).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from schedules.gram import (
+    DEFAULT_MAX_COEF,
+    DEFAULT_RCOND,
+    GramMatrix,
+    design_indices,
+    solve_from_gram,
+)
+from schedules.trajectory import Trajectories
+
+ModelFn = Callable[[torch.Tensor, Any], Any]
+"""``model_fn(sample, timestep) -> guided model output`` for the N examples, in recorded order."""
+
+CONDITION_CAP = 1e300
+DEFAULT_SVD_RCOND = 1e-10
+"""Singular values of the column-scaled design below this times the largest are cut off."""
+
+
+@dataclass(frozen=True)
+class PathFit:
+    """Coefficients of one path and how well they fit.
+
+    Args:
+        path: the teacher step indices.
+        coefficients: row i holds the i+2 weights of step i.
+        step_errors: relative RMS error of each step's sample against its teacher target.
+        condition_numbers: of each step's column-scaled normal matrix.
+        valid: false if some step needed non-finite or exploding coefficients.
+    """
+
+    path: list[int]
+    coefficients: list[np.ndarray]
+    step_errors: list[float]
+    condition_numbers: list[float]
+    valid: bool
+
+    @property
+    def final_error(self) -> float:
+        """Relative error of the final sample (``inf`` for an invalid fit)."""
+        return self.step_errors[-1] if self.valid and self.step_errors else float("inf")
+
+
+def check_path(path: Sequence[int], num_teacher_steps: int) -> list[int]:
+    """Validate a path: starts at 0, strictly increasing, below T."""
+    path = [int(p) for p in path]
+    if not path or path[0] != 0:
+        raise ValueError(f"a path must start at teacher step 0, got {path}")
+    if any(b <= a for a, b in itertools.pairwise(path)) or path[-1] >= num_teacher_steps:
+        raise ValueError(
+            f"a path must be strictly increasing teacher steps in [0, {num_teacher_steps - 1}], "
+            f"got {path}"
+        )
+    return path
+
+
+@dataclass(frozen=True)
+class StepFit:
+    """One least-squares step: weights, relative RMS error, condition number, validity."""
+
+    weights: np.ndarray
+    relative_error: float
+    condition_number: float
+    valid: bool
+
+
+def solve_columns(
+    columns: torch.Tensor,
+    target: torch.Tensor,
+    rcond: float = DEFAULT_SVD_RCOND,
+    max_coef: float = DEFAULT_MAX_COEF,
+) -> StepFit:
+    """``min_w ||target - columns^T w||`` on the data, float64, guarded.
+
+    Args:
+        columns: ``(m, M)`` design vectors (rows), e.g. ``[x_0, e_0, ..., e_i]`` flattened.
+        target: ``(M,)`` the teacher sample to reach.
+        rcond: singular values of the column-scaled design below ``rcond * max`` are dropped.
+        max_coef: larger weights mark the step invalid.
+    """
+    A = columns.to(torch.float64).T
+    y = target.to(torch.float64).reshape(-1)
+    scale = A.norm(dim=0).clamp_min(1e-300)
+    Q, R = torch.linalg.qr(A / scale)
+    U, S, Vh = torch.linalg.svd(R)
+    keep = rcond * S[0] < S
+    coeffs = (U.T @ (Q.T @ y))[keep] / S[keep]
+    weights = (Vh[keep].T @ coeffs) / scale
+    residual = y - A @ weights
+    error = float(residual.norm() / y.norm().clamp_min(1e-300))
+    smallest = float(S[-1])
+    condition = float(S[0]) / smallest if smallest > 0 else CONDITION_CAP
+    w = weights.numpy()
+    valid = bool(np.all(np.isfinite(w)) and np.max(np.abs(w)) <= max_coef and np.isfinite(error))
+    return StepFit(w, error, min(condition, CONDITION_CAP), valid)
+
+
+def teacher_forced_fit(
+    traj: Trajectories,
+    path: Sequence[int],
+    rcond: float = DEFAULT_SVD_RCOND,
+    max_coef: float = DEFAULT_MAX_COEF,
+) -> PathFit:
+    """The paper's fit (Eq. 8) of one path: step i on the teacher's outputs ``e_{p_0..p_i}``."""
+    T = traj.num_steps
+    path = check_path(path, T)
+    targets = [*path[1:], T]
+    flat = [traj.samples[0].reshape(-1), *(traj.outputs[p].reshape(-1) for p in path)]
+    coefficients, errors, conditions, valid = [], [], [], True
+    for i in range(len(path)):
+        step = solve_columns(
+            torch.stack(flat[: i + 2]), traj.samples[targets[i]], rcond=rcond, max_coef=max_coef
+        )
+        coefficients.append(step.weights)
+        errors.append(step.relative_error)
+        conditions.append(step.condition_number)
+        valid &= step.valid
+    return PathFit(path, coefficients, errors, conditions, valid)
+
+
+def teacher_forced_fit_gram(
+    gram: GramMatrix,
+    path: Sequence[int],
+    rcond: float = DEFAULT_RCOND,
+    max_coef: float = DEFAULT_MAX_COEF,
+) -> PathFit:
+    """The same teacher-forced fit from Gram entries only (fast; accurate to ~sqrt(eps))."""
+    T = gram.num_steps
+    path = check_path(path, T)
+    targets = [*path[1:], T]
+    coefficients, errors, conditions, valid = [], [], [], True
+    for i in range(len(path)):
+        design = design_indices(gram, path, i)
+        sol = solve_from_gram(gram, design, [gram.x(targets[i])], rcond=rcond, max_coef=max_coef)
+        coefficients.append(sol.weights[:, 0])
+        errors.append(float(sol.relative_errors[0]))
+        conditions.append(min(sol.condition_number, CONDITION_CAP))
+        valid &= bool(sol.valid[0])
+    return PathFit(path, coefficients, errors, conditions, valid)
+
+
+def closed_loop_fit(
+    traj: Trajectories,
+    path: Sequence[int],
+    model_fn: ModelFn,
+    rcond: float = DEFAULT_SVD_RCOND,
+    max_coef: float = DEFAULT_MAX_COEF,
+) -> PathFit:
+    """Fit step by step on the schedule's own samples (k-1 extra ``model_fn`` calls on N examples).
+
+    Step 0's output is the teacher's ``e_0`` (same input ``x_0``). Stops early and returns an
+    invalid fit when a step needs non-finite or exploding coefficients.
+    """
+    T = traj.num_steps
+    path = check_path(path, T)
+    targets = [*path[1:], T]
+    shape = traj.samples.shape[1:]
+    basis = [
+        traj.samples[0].reshape(-1).to(torch.float64),
+        traj.outputs[0].reshape(-1).to(torch.float64),
+    ]
+    coefficients, errors, conditions = [], [], []
+    for i in range(len(path)):
+        A = torch.stack(basis)
+        step = solve_columns(A, traj.samples[targets[i]], rcond=rcond, max_coef=max_coef)
+        coefficients.append(step.weights)
+        errors.append(step.relative_error)
+        conditions.append(step.condition_number)
+        if not step.valid:
+            return PathFit(path, coefficients, errors, conditions, valid=False)
+        if i == len(path) - 1:
+            break
+        x_next = (torch.from_numpy(step.weights) @ A).reshape(shape)
+        output = model_fn(x_next.to(traj.samples.dtype), traj.timestep(path[i + 1]))
+        output = torch.as_tensor(output).detach().to("cpu", torch.float64).reshape(-1)
+        if not torch.isfinite(output).all():
+            return PathFit(path, coefficients, errors, conditions, valid=False)
+        basis.append(output)
+    return PathFit(path, coefficients, errors, conditions, valid=True)

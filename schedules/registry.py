@@ -1,0 +1,163 @@
+"""Schedule registry: find a fitted OLSS schedule by model, step count and guidance scale.
+
+A registry is a folder of schedule JSON files (see :mod:`schedules.schedule_file`). The package
+ships a built-in one (``schedules/registry/``, package data); ``OLSS_SCHEDULE_DIR`` adds a
+writable one that is searched first (:meth:`ScheduleRegistry.default`). Torch-free.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from schedules.schedule_file import Schedule, ScheduleFileError
+
+BUILTIN_DIR = Path(__file__).resolve().parent / "registry"
+SCHEDULE_DIR_ENV = "OLSS_SCHEDULE_DIR"
+DEFAULT_GUIDANCE_TOLERANCE = 0.5
+
+logger = logging.getLogger(__name__)
+
+
+class ScheduleNotFound(LookupError):
+    """No schedule matches the request; the message lists what is available."""
+
+
+def model_key(model_id_or_path: str | os.PathLike[str]) -> str:
+    """The registry key of a model.
+
+    A Hugging Face id is kept as is (``"runwayml/stable-diffusion-v1-5"``); an existing local
+    folder becomes its folder name (``/models/tiny-sd`` -> ``"tiny-sd"``).
+    """
+    text = os.fspath(model_id_or_path).rstrip("/\\") or os.fspath(model_id_or_path)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return path.resolve().name
+    if text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1:
+        return path.name
+    return text
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """One schedule file in a registry."""
+
+    name: str
+    model: str
+    steps: int
+    guidance: float
+    method: str
+    path: Path
+
+
+class ScheduleRegistry:
+    """Schedule files under one or more folders, looked up by ``(model, steps, guidance)``.
+
+    Args:
+        root: a folder, or several; earlier folders win when two hold the same schedule name.
+        guidance_tolerance: largest ``|guidance - requested|`` accepted by :meth:`get`.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+        guidance_tolerance: float = DEFAULT_GUIDANCE_TOLERANCE,
+    ) -> None:
+        roots = [Path(root)] if isinstance(root, (str, os.PathLike)) else [Path(r) for r in root]
+        if not roots:
+            raise ValueError("ScheduleRegistry needs at least one folder")
+        self.roots = roots
+        self.guidance_tolerance = guidance_tolerance
+
+    @classmethod
+    def default(
+        cls, extra_dir: str | os.PathLike[str] | None = None, **kwargs: float
+    ) -> ScheduleRegistry:
+        """The writable folder (``extra_dir`` or ``$OLSS_SCHEDULE_DIR``), then the built-in one."""
+        if extra_dir is None:
+            extra_dir = os.environ.get(SCHEDULE_DIR_ENV) or None
+        roots = [Path(extra_dir)] if extra_dir is not None else []
+        return cls([*roots, BUILTIN_DIR], **kwargs)
+
+    @property
+    def writable_root(self) -> Path:
+        """Where :meth:`put` writes: the first folder."""
+        return self.roots[0]
+
+    def put(self, schedule: Schedule) -> Path:
+        """Save ``schedule`` as ``<root>/<schedule.name>.json`` and return the path."""
+        return schedule.save(self.writable_root / f"{schedule.name}.json")
+
+    def list(self) -> list[RegistryEntry]:
+        """Every valid schedule file; invalid ones are logged and skipped."""
+        entries: dict[str, RegistryEntry] = {}
+        for root in self.roots:
+            if not root.is_dir():
+                continue
+            for path in sorted(root.glob("*.json")):
+                if path.stem in entries:
+                    continue
+                try:
+                    schedule = Schedule.load(path)
+                except ScheduleFileError as exc:
+                    logger.warning("skipping invalid schedule file: %s", exc)
+                    continue
+                entries[path.stem] = RegistryEntry(
+                    name=path.stem,
+                    model=schedule.model_id,
+                    steps=schedule.num_steps,
+                    guidance=schedule.guidance_scale,
+                    method=schedule.method,
+                    path=path,
+                )
+        return list(entries.values())
+
+    def find(self, name: str) -> Schedule:
+        """Load a schedule by entry name (file stem)."""
+        for entry in self.list():
+            if entry.name == name:
+                return Schedule.load(entry.path)
+        raise ScheduleNotFound(f"no schedule named {name!r}; available: {self._available()}")
+
+    def get(
+        self, model: str | os.PathLike[str], steps: int, guidance: float, method: str | None = None
+    ) -> Schedule:
+        """The schedule for ``model`` with exactly ``steps`` steps and the nearest guidance.
+
+        Raises :class:`ScheduleNotFound` (listing what is available) when no schedule has that
+        step count or none is within ``guidance_tolerance`` of ``guidance``. With several
+        matches, the nearest guidance wins, then ``"closed-loop"`` over other methods, then the
+        first folder.
+        """
+        key = model_key(model)
+        matches = [
+            e
+            for e in self.list()
+            if e.model == key
+            and e.steps == steps
+            and abs(e.guidance - guidance) <= self.guidance_tolerance
+            and (method is None or e.method == method)
+        ]
+        if not matches:
+            raise ScheduleNotFound(
+                f"no OLSS schedule for model {key!r} with {steps} steps and guidance "
+                f"{guidance:g} (tolerance {self.guidance_tolerance:g}"
+                f"{', method ' + method if method else ''}); available: {self._available()}"
+            )
+        preference = {"closed-loop": 0, "paper": 1, "uniform": 2}
+        best = min(
+            matches,
+            key=lambda e: (abs(e.guidance - guidance), preference.get(e.method, 3)),
+        )
+        return Schedule.load(best.path)
+
+    def _available(self) -> str:
+        entries = self.list()
+        if not entries:
+            return "none (searched " + ", ".join(str(r) for r in self.roots) + ")"
+        return "; ".join(
+            f"{e.model} steps={e.steps} guidance={e.guidance:g} method={e.method}" for e in entries
+        )

@@ -1,0 +1,68 @@
+"""OLSS inside the tiny StableDiffusionPipeline: recording, exact teacher reproduction, images."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+from schedules import OLSSScheduler, TrajectoryRecorder, search
+from schedules.calibrate import record_teacher
+from schedules.teachers import parse_teacher
+
+PROMPTS = ["a red cat", "a blue dog"]
+SIZE = 16  # pixels: 2x2 latents keep the CPU cost tiny
+
+
+def generate(pipe, steps: int, output_type: str = "latent"):
+    return pipe(
+        PROMPTS,
+        num_inference_steps=steps,
+        guidance_scale=7.5,
+        height=SIZE,
+        width=SIZE,
+        generator=torch.Generator().manual_seed(0),
+        output_type=output_type,
+    ).images
+
+
+def test_tiny_pipeline_reloads_with_from_pretrained(loaded_pipeline) -> None:
+    assert isinstance(loaded_pipeline, StableDiffusionPipeline)
+    assert isinstance(loaded_pipeline.scheduler, DDIMScheduler)
+    assert loaded_pipeline.unet.config.sample_size == 16
+
+
+def test_olss_on_all_teacher_steps_reproduces_ddim_in_the_pipeline(loaded_pipeline) -> None:
+    pipe = loaded_pipeline
+    original = pipe.scheduler
+    recorder = TrajectoryRecorder(DDIMScheduler.from_config(original.config))
+    try:
+        pipe.scheduler = recorder
+        teacher = generate(pipe, 6)
+        traj = recorder.trajectories()
+        assert traj.outputs.shape[:2] == (6, 2)
+        schedule = search(traj, num_steps=6, method="paper")
+        pipe.scheduler = OLSSScheduler.from_schedule(schedule)
+        olss = generate(pipe, 6)
+        error = float((olss - teacher).norm() / teacher.norm())
+        assert error < 1e-5, error
+        # Images decode to finite pixels, batch 2 with classifier-free guidance; twice in a row.
+        short = search(traj, num_steps=3, method="uniform")
+        pipe.scheduler = OLSSScheduler.from_schedule(short)
+        images = generate(pipe, 3, output_type="np")
+        assert images.shape == (2, SIZE, SIZE, 3) and np.isfinite(images).all()
+        np.testing.assert_array_equal(generate(pipe, 3, output_type="np"), images)
+    finally:
+        pipe.scheduler = original
+
+
+def test_calibration_model_fn_reproduces_the_pipeline_guidance(loaded_pipeline) -> None:
+    teacher, steps = parse_teacher("ddim:3", loaded_pipeline.scheduler.config)
+    traj, model_fn = record_teacher(
+        loaded_pipeline, PROMPTS, teacher, steps, 7.5, 0, SIZE, SIZE, batch_size=2, progress=False
+    )
+    assert isinstance(loaded_pipeline.scheduler, DDIMScheduler)  # restored
+    for i in range(steps):
+        torch.testing.assert_close(
+            model_fn(traj.samples[i], traj.timestep(i)), traj.outputs[i], rtol=1e-5, atol=1e-6
+        )

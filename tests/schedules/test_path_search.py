@@ -1,0 +1,101 @@
+"""Path search and fitting on an exact-score mixture model with a DDIM teacher."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, EulerDiscreteScheduler
+
+from schedules.gram import gram_matrix
+from schedules.scheduler import OLSSScheduler
+from schedules.search import GramFitter, paper_path, search, uniform_path
+from tests.schedules.conftest import record, run_loop
+
+
+def relative_error(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((x.double() - ref.double()).norm() / ref.double().norm())
+
+
+def test_paper_fit_on_all_teacher_steps_reproduces_ddim(ddim, mixture, mixture_noise) -> None:
+    traj = record(DDIMScheduler.from_config(ddim.config), 10, mixture_noise, mixture)
+    schedule = search(traj, num_steps=10, method="paper")
+    assert schedule.fit_report.path == list(range(10))
+    assert max(schedule.fit_report.step_errors) < 1e-9
+    olss = run_loop(OLSSScheduler.from_schedule(schedule), mixture_noise, 10, mixture)
+    assert relative_error(olss, traj.samples[-1]) < 1e-9
+
+
+def test_euler_teacher_is_distilled_in_vp_space(ddim, mixture, mixture_noise) -> None:
+    euler = EulerDiscreteScheduler.from_config(ddim.config)
+    traj = record(euler, 8, mixture_noise, mixture)
+    euler.set_timesteps(8)
+    sigma0 = float(euler.sigmas[0])
+    expected = float(euler.init_noise_sigma) / (sigma0**2 + 1) ** 0.5
+    assert traj.init_noise_sigma == pytest.approx(expected, rel=1e-6)  # float32 sigmas
+    schedule = search(traj, num_steps=8, method="paper")
+    olss = OLSSScheduler.from_schedule(schedule)
+    assert olss.init_noise_sigma == pytest.approx(expected)
+    final = run_loop(olss, mixture_noise, 8, mixture)
+    assert relative_error(final, traj.samples[-1]) < 1e-6  # Euler keeps sigmas in float32
+
+
+def test_paper_search_finds_smallest_feasible_bound(mixture_traj) -> None:
+    fitter = GramFitter(gram_matrix(mixture_traj))
+    path, bound = paper_path(fitter, 4)
+    assert path[0] == 0 and len(path) == 4 and all(b > a for a, b in itertools.pairwise(path))
+    schedule = search(mixture_traj, num_steps=4, method="paper")
+    assert schedule.fit_report.path == path
+    assert max(schedule.fit_report.step_errors) <= bound * (1 + 1e-9)
+    # Below the bound the greedy walk cannot reach the end in 4 steps.
+    tighter, _ = paper_path(fitter, 5)
+    assert max(search(mixture_traj, 5, method="paper", path=tighter).fit_report.step_errors) <= (
+        bound * (1 + 1e-9)
+    )
+
+
+def test_uniform_is_olss_p() -> None:
+    assert uniform_path(100, 5) == [0, 20, 40, 60, 80]
+    assert uniform_path(10, 10) == list(range(10))
+
+
+def test_closed_loop_needs_model_fn(mixture_traj) -> None:
+    with pytest.raises(ValueError, match="model_fn"):
+        search(mixture_traj, num_steps=3)
+
+
+@pytest.mark.parametrize("k", [0, 41])
+def test_step_count_out_of_range(mixture_traj, k: int) -> None:
+    with pytest.raises(ValueError, match="between 1 and the teacher's 40 steps"):
+        search(mixture_traj, num_steps=k, method="uniform")
+
+
+def test_closed_loop_report_matches_sampling_and_beats_its_candidates(
+    mixture_traj, mixture, mixture_noise
+) -> None:
+    schedule = search(
+        mixture_traj, num_steps=4, model_fn=mixture, method="closed-loop", max_paths=8
+    )
+    report = schedule.fit_report
+    tried = [c["error"] for c in report.candidates if c["error"] is not None]
+    assert 1 < len(report.candidates) <= 8
+    assert report.final_error == pytest.approx(min(tried))
+    # The closed-loop fit simulates the scheduler exactly: its error is what sampling gives.
+    final = run_loop(OLSSScheduler.from_schedule(schedule), mixture_noise, 4, mixture)
+    assert relative_error(final, mixture_traj.samples[-1]) == pytest.approx(
+        report.final_error, rel=1e-4
+    )
+    # and no worse than running the teacher-forced coefficients of the paper path.
+    paper = search(mixture_traj, num_steps=4, method="paper")
+    paper_final = run_loop(OLSSScheduler.from_schedule(paper), mixture_noise, 4, mixture)
+    assert report.final_error <= relative_error(paper_final, mixture_traj.samples[-1])
+
+
+def test_closed_loop_on_given_path(mixture_traj, mixture) -> None:
+    schedule = search(mixture_traj, 3, model_fn=mixture, path=[0, 28, 34])
+    assert schedule.fit_report.path == [0, 28, 34]
+    assert schedule.timesteps == [mixture_traj.timestep(p) for p in (0, 28, 34)]
+    assert [len(row) for row in schedule.coefficients] == [2, 3, 4]
+    assert np.isfinite(schedule.fit_report.condition_numbers).all()
