@@ -17,6 +17,8 @@ from urllib.parse import urlparse
 
 import redis
 
+from app.settings import load_settings
+
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -79,9 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["ensure"])
     parser.add_argument("--url", default=None, help="Redis URL (default: OLSS_REDIS_URL)")
     args = parser.parse_args(argv)
-    import os
-
-    url = args.url or os.environ.get("OLSS_REDIS_URL", "redis://127.0.0.1:6379/0")
+    url = args.url or load_settings().redis_url
     already = redis_answers(url)
     ensure_redis(url, daemonize=True)
     print(f"redis at {url}: {'answering' if already else 'started'}")

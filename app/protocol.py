@@ -1,0 +1,257 @@
+"""The Redis protocol shared by the gateway and the workers: key names, the job record, events.
+
+Imports neither torch nor FastAPI: both sides import it.
+
+Layout (``{model}`` is a model key, ``{id}`` a job id, ``{wid}`` a worker id):
+
+==============================  ======  =====================================================
+key                             type    contents
+==============================  ======  =====================================================
+``olss:jobs:{model}``           stream  one entry per delivery, field ``job_id``; consumer group
+                                        ``olss-workers``; entries are deleted when acknowledged
+``olss:queued:{model}``         zset    job ids waiting to start, scored by enqueue time
+                                        (queue depth and queue position)
+``olss:dead:{model}``           stream  dead-lettered jobs: ``job_id``, ``reason``, ``attempts``
+``olss:job:{id}``               hash    the job record (``JobRecord``), TTL ``OLSS_JOB_TTL_S``
+``olss:events:{id}``            stream  the job's events (``JobEvent``), TTL as the record
+``olss:image:{id}:{n}``         string  image ``n``'s encoded bytes, TTL as the record
+``olss:cancel:{id}``            string  set when a cancel was asked for, TTL as the record
+``olss:idem:{hash}``            string  job id for an Idempotency-Key, TTL as the record
+``olss:models``                 set     model keys that have had a worker (for queue depth)
+``olss:workers``                set     worker ids that have sent a heartbeat
+``olss:worker:{wid}``           string  the worker's ``WorkerInfo`` JSON, TTL
+                                        ``OLSS_HEARTBEAT_TTL_S``: present means alive
+``olss:finished``               pubsub  a job id, published when the job reaches a final state
+                                        (wakes sync waiters; the record stays the truth)
+==============================  ======  =====================================================
+"""
+
+from __future__ import annotations
+
+import time
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PREFIX = "olss"
+GROUP = "olss-workers"
+WORKERS_SET = f"{PREFIX}:workers"
+MODELS_SET = f"{PREFIX}:models"
+FINISHED_CHANNEL = f"{PREFIX}:finished"
+
+SCHEDULERS = ("olss", "dpmsolver++", "unipc", "ddim", "euler")
+SchedulerName = Literal["olss", "dpmsolver++", "unipc", "ddim", "euler"]
+OUTPUT_FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+OutputFormat = Literal["png", "jpeg", "webp"]
+
+
+def jobs_stream(model: str) -> str:
+    return f"{PREFIX}:jobs:{model}"
+
+
+def queued_zset(model: str) -> str:
+    return f"{PREFIX}:queued:{model}"
+
+
+def dead_stream(model: str) -> str:
+    return f"{PREFIX}:dead:{model}"
+
+
+def job_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}"
+
+
+def events_key(job_id: str) -> str:
+    return f"{PREFIX}:events:{job_id}"
+
+
+def image_key(job_id: str, index: int) -> str:
+    return f"{PREFIX}:image:{job_id}:{index}"
+
+
+def cancel_key(job_id: str) -> str:
+    return f"{PREFIX}:cancel:{job_id}"
+
+
+def idempotency_key(digest: str) -> str:
+    return f"{PREFIX}:idem:{digest}"
+
+
+def worker_key(worker_id: str) -> str:
+    return f"{PREFIX}:worker:{worker_id}"
+
+
+def now() -> float:
+    """Wall-clock seconds; every timestamp in a record uses it."""
+    return time.time()
+
+
+class JobStatus(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
+
+
+class EventType(str, Enum):
+    QUEUED = "queued"
+    STARTED = "started"
+    STEP = "step"
+    FINISHED = "finished"
+
+
+class JobSpec(BaseModel):
+    """A validated generation request: the only thing that is ever queued.
+
+    Built by ``app.validation`` with every default resolved (model key, steps, seed).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    prompt: str
+    negative_prompt: str | None = None
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    seed: int
+    num_images: int = 1
+    scheduler: SchedulerName = "olss"
+    output_format: OutputFormat = "png"
+
+    @property
+    def seeds(self) -> list[int]:
+        """One seed per image: ``seed``, ``seed + 1``, ..."""
+        return [self.seed + i for i in range(self.num_images)]
+
+    @property
+    def content_type(self) -> str:
+        return OUTPUT_FORMATS[self.output_format]
+
+
+class Timings(BaseModel):
+    """Seconds. ``queue``: enqueue to start; ``inference``: the batch's encode+denoise+decode;
+    ``total``: enqueue to result stored."""
+
+    queue: float
+    inference: float
+    total: float
+    encode: float
+    denoise: float
+    decode: float
+    batch_size: int = Field(description="images in the batch this job ran in")
+
+
+class JobRecord(BaseModel):
+    """The job hash ``olss:job:{id}``; each field is stored as one hash field (JSON for nested)."""
+
+    id: str
+    model: str
+    status: JobStatus = JobStatus.QUEUED
+    spec: JobSpec
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+    worker: str | None = None
+    step: int = 0
+    total_steps: int = 0
+    schedule: str | None = None
+    timings: Timings | None = None
+    error: str | None = None
+    error_type: str | None = None
+
+    @classmethod
+    def fields(cls, **values: Any) -> dict[str, str]:
+        """Encode some fields for HSET; an unknown field name is a programming error."""
+        unknown = set(values) - set(cls.model_fields)
+        if unknown:
+            raise KeyError(f"not JobRecord fields: {sorted(unknown)}")
+        return {name: _encode(value) for name, value in values.items()}
+
+    def to_hash(self) -> dict[str, str]:
+        return self.fields(**{name: getattr(self, name) for name in type(self).model_fields})
+
+    @classmethod
+    def from_hash(cls, data: dict[str, str]) -> JobRecord:
+        values: dict[str, Any] = {}
+        for name, raw in data.items():
+            if name not in cls.model_fields or raw == "":
+                continue
+            values[name] = raw
+        for nested in ("spec", "timings"):
+            if nested in values:
+                values[nested] = _NESTED[nested].model_validate_json(values[nested])
+        return cls.model_validate(values)
+
+
+_NESTED: dict[str, type[BaseModel]] = {"spec": JobSpec, "timings": Timings}
+
+
+def _encode(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, BaseModel):
+        return value.model_dump_json()
+    if isinstance(value, Enum):
+        return str(value.value)
+    return str(value)
+
+
+class JobEvent(BaseModel):
+    """One entry of ``olss:events:{id}`` (stored as its JSON in field ``data``)."""
+
+    type: EventType
+    at: float = Field(default_factory=now)
+    status: JobStatus | None = None
+    step: int | None = None
+    total: int | None = None
+    attempt: int | None = None
+    error: str | None = None
+
+    def to_fields(self) -> dict[str, str]:
+        return {"type": self.type.value, "data": self.model_dump_json(exclude_none=True)}
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str]) -> JobEvent:
+        return cls.model_validate_json(fields["data"])
+
+
+class ScheduleInfo(BaseModel):
+    """One OLSS schedule a worker serves."""
+
+    name: str
+    steps: int
+    guidance_scale: float
+
+
+class WorkerInfo(BaseModel):
+    """A worker's heartbeat: what it serves, so the gateway validates without loading schedules."""
+
+    worker_id: str
+    model: str = Field(description="the model as configured (hub id, folder or embedded name)")
+    model_key: str = Field(description="registry key; names the job stream")
+    device: str
+    schedules: list[ScheduleInfo]
+    default_schedule: str | None
+    default_steps: int = Field(description="steps for the other schedulers when not given")
+    default_guidance_scale: float = Field(description="guidance when not given (non-OLSS)")
+    schedulers: list[str]
+    width: int = Field(description="the model's native image width")
+    height: int
+    max_batch_size: int
+    metrics_port: int
+    pid: int
+    host: str
+    started_at: float
+    version: str
+
+    def serves(self, model: str) -> bool:
+        return model in (self.model, self.model_key)

@@ -1,0 +1,115 @@
+"""The one place that reads configuration: environment variables with the prefix ``OLSS_``.
+
+``get_settings()`` validates everything at start-up and stops with a message that names the bad
+setting (``OLSS_MAX_BATCH_SIZE: Input should be greater than 0``) instead of failing later.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "OLSS_"
+
+
+class ConfigError(SystemExit):
+    """Raised (and exits the process) when a setting is invalid."""
+
+
+class Settings(BaseSettings):
+    """Every ``OLSS_*`` setting of the gateway, the worker and ``olss serve``."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # Infrastructure
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    model: str | None = Field(
+        None, description="worker: model id or local folder (default: the embedded dev model); "
+        "gateway: default model for requests that name none"
+    )
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    schedule_dir: Path | None = Field(None, description="writable schedule registry directory")
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "olss-serve",
+        description="built dev model and its auto-calibrated schedules",
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    # Gateway
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(8000, ge=0, le=65535)
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated bearer keys; empty = no auth"
+    )
+    max_queue_depth: int = Field(256, ge=1, description="queued (not yet started) jobs per model")
+    sync_timeout_s: float = Field(60.0, gt=0, description="sync POST /generate waits this long")
+
+    # Jobs and queue
+    job_ttl_s: int = Field(3600, ge=10, description="job record, images and events expire after")
+    max_attempts: int = Field(3, ge=1, description="deliveries before the dead-letter stream")
+    lease_ms: int = Field(30_000, ge=100, description="a job idle this long is claimed again")
+
+    # Worker
+    worker_id: str | None = Field(None, description="default: hostname-pid")
+    max_batch_size: int = Field(8, ge=1, description="images per batch")
+    max_batch_wait_ms: int = Field(10, ge=0, description="wait this long to fill a batch")
+    heartbeat_ttl_s: float = Field(10.0, gt=0)
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = Field(9400, ge=0, le=65535, description="0 = pick a free port")
+
+    # Request limits
+    max_prompt_chars: int = Field(1000, ge=1)
+    min_size: int = Field(16, ge=8)
+    max_width: int = Field(1024, ge=8)
+    max_height: int = Field(1024, ge=8)
+    max_steps: int = Field(150, ge=1)
+    max_num_images: int = Field(4, ge=1)
+    max_guidance_scale: float = Field(30.0, gt=0)
+    default_sampler_steps: int = Field(25, ge=1, description="steps for non-OLSS schedulers")
+
+    # Testing only: fault injection and slow-down for the service tests; keep unset in production.
+    test_step_delay_ms: int = Field(0, ge=0, description="testing: sleep this long per step")
+    test_fail_prompt: str | None = Field(
+        None, description="testing: a worker fails every job whose prompt contains this text"
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @property
+    def writable_schedule_dir(self) -> Path:
+        """Where new schedules go: ``OLSS_SCHEDULE_DIR``, else a folder in the cache."""
+        return self.schedule_dir or self.cache_dir / "schedules"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build ``Settings`` from the environment (plus ``overrides``) or exit naming the setting."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{ENV_PREFIX}{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in error.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, validated once."""
+    return load_settings()

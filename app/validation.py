@@ -1,0 +1,108 @@
+"""The validation stage: a ``GenerateRequest`` plus the live workers' heartbeats -> ``JobSpec``.
+
+Applies the configured limits (each 422 names the field and the limit), fills the model's
+defaults, picks the OLSS schedule and draws a seed. Only its output reaches the queue.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from app.errors import InvalidRequest
+from app.fleet import Fleet
+from app.protocol import JobSpec, OutputFormat, ScheduleInfo, WorkerInfo
+from app.schemas import MAX_SEED, GenerateRequest
+from app.settings import Settings
+
+
+def check_limits(body: GenerateRequest, settings: Settings) -> None:
+    """Raise ``InvalidRequest`` for the first field outside the configured limits."""
+    for field, text in (("prompt", body.prompt), ("negative_prompt", body.negative_prompt)):
+        if text is not None and len(text) > settings.max_prompt_chars:
+            raise InvalidRequest(
+                f"{field}: at most {settings.max_prompt_chars} characters (got {len(text)})"
+            )
+    for field, value, limit in (
+        ("width", body.width, settings.max_width),
+        ("height", body.height, settings.max_height),
+    ):
+        if value is None:
+            continue
+        if value % 8:
+            raise InvalidRequest(f"{field}: must be a multiple of 8 (got {value})")
+        if not settings.min_size <= value <= limit:
+            raise InvalidRequest(
+                f"{field}: must be between {settings.min_size} and {limit} (got {value})"
+            )
+    if body.steps is not None and body.steps > settings.max_steps:
+        raise InvalidRequest(f"steps: at most {settings.max_steps} (got {body.steps})")
+    if body.num_images > settings.max_num_images:
+        raise InvalidRequest(
+            f"num_images: at most {settings.max_num_images} (got {body.num_images})"
+        )
+    guidance = body.guidance_scale
+    if guidance is not None and guidance > settings.max_guidance_scale:
+        raise InvalidRequest(
+            f"guidance_scale: at most {settings.max_guidance_scale} (got {guidance})"
+        )
+
+
+def _describe(schedules: list[ScheduleInfo]) -> str:
+    if not schedules:
+        return "none (run `olss calibrate`, or choose another scheduler)"
+    return ", ".join(f"steps={s.steps} guidance_scale={s.guidance_scale:g}" for s in schedules)
+
+
+def pick_schedule(
+    worker: WorkerInfo, steps: int | None, guidance: float | None
+) -> ScheduleInfo:
+    """The calibrated OLSS schedule for ``steps`` and ``guidance`` (defaults: the model's)."""
+    default = next((s for s in worker.schedules if s.name == worker.default_schedule), None)
+    matches = [
+        s for s in worker.schedules
+        if (steps is None or s.steps == steps)
+        and (guidance is None or abs(s.guidance_scale - guidance) < 1e-6)
+    ]
+    if not matches:
+        asked = {"steps": steps, "guidance_scale": guidance}
+        fields = " and ".join(name for name, value in asked.items() if value is not None)
+        wanted = " ".join(f"{name}={value:g}" for name, value in asked.items() if value is not None)
+        raise InvalidRequest(
+            f"{fields or 'scheduler'}: no OLSS schedule for model {worker.model_key!r}"
+            f"{' with ' + wanted if wanted else ''}; available: {_describe(worker.schedules)}"
+        )
+    if default in matches:
+        return default
+    return min(matches, key=lambda s: (s.steps, s.guidance_scale))
+
+
+def build_job_spec(
+    body: GenerateRequest,
+    fleet: Fleet,
+    settings: Settings,
+    accept_format: OutputFormat | None = None,
+) -> JobSpec:
+    """Validate ``body`` against the limits and the model's worker; resolve every default."""
+    check_limits(body, settings)
+    worker = fleet.find(body.model or settings.model)
+    if body.scheduler == "olss":
+        schedule = pick_schedule(worker, body.steps, body.guidance_scale)
+        steps, guidance = schedule.steps, schedule.guidance_scale
+    else:
+        steps = body.steps or worker.default_steps
+        guidance = body.guidance_scale
+        if guidance is None:
+            guidance = worker.default_guidance_scale
+    return JobSpec(
+        model=worker.model_key,
+        prompt=body.prompt,
+        negative_prompt=body.negative_prompt,
+        width=body.width or worker.width,
+        height=body.height or worker.height,
+        steps=steps,
+        guidance_scale=guidance,
+        seed=secrets.randbelow(MAX_SEED + 1) if body.seed is None else body.seed,
+        num_images=body.num_images,
+        scheduler=body.scheduler,
+        output_format=body.output_format or accept_format or "png",
+    )

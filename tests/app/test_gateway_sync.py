@@ -1,0 +1,82 @@
+"""Sync requests wait for the worker's result; the worker side here is the real lifecycle code
+driven by a thread (no pipeline: these tests are about the gateway)."""
+
+from __future__ import annotations
+
+import threading
+
+import redis
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.protocol import Timings, WorkerInfo
+from tests.support.redis_db import unit_settings
+from workers.lifecycle import ClaimedJob, JobLifecycle, JobResult
+from workers.results import ImageParameters, encode_image, read_parameters
+
+TIMINGS = Timings(queue=0.01, inference=0.5, total=0.6, encode=0.1, denoise=0.3, decode=0.1,
+                  batch_size=1)
+
+
+def lifecycle(db: redis.Redis) -> JobLifecycle:
+    worker = JobLifecycle(db, unit_settings(), "tiny-sd", "thread-worker")
+    worker.ensure_group()
+    return worker
+
+
+def take_one(worker: JobLifecycle) -> ClaimedJob:
+    for _ in range(50):
+        deliveries = worker.read_new(1, block_ms=200)
+        if deliveries:
+            ((_, job),) = worker.start(worker.load(deliveries))
+            return job
+    raise AssertionError("no job arrived")
+
+
+def finish(worker: JobLifecycle) -> None:
+    job = take_one(worker)
+    images = [
+        encode_image(Image.new("RGB", (32, 32), "green"), job.spec.output_format,
+                     ImageParameters.of(job.spec, n, "sched", job.id))
+        for n in range(job.spec.num_images)
+    ]
+    worker.succeed([JobResult(job, images, "sched", TIMINGS)])
+
+
+def test_sync_png_returns_as_soon_as_the_result_is_stored(
+    client: TestClient, registered_worker: WorkerInfo, db: redis.Redis
+) -> None:
+    thread = threading.Thread(target=finish, args=(lifecycle(db),))
+    thread.start()
+    response = client.post("/generate", json={"prompt": "x", "seed": 3},
+                           headers={"Accept": "image/png"})
+    thread.join()
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert (response.headers["x-seed"], response.headers["x-schedule"]) == ("3", "sched")
+    assert read_parameters(response.content).seed == 3
+
+
+def test_sync_json_for_several_images(
+    client: TestClient, registered_worker: WorkerInfo, db: redis.Redis
+) -> None:
+    thread = threading.Thread(target=finish, args=(lifecycle(db),))
+    thread.start()
+    response = client.post("/generate", json={"prompt": "x", "seed": 3, "num_images": 2},
+                           headers={"Accept": "image/png"})
+    thread.join()
+    body = response.json()
+    assert [image["seed"] for image in body["images"]] == [3, 4]
+    assert body["timings"]["inference"] == 0.5
+
+
+def test_cancel_of_a_running_job_asks_its_worker(
+    client: TestClient, registered_worker: WorkerInfo, db: redis.Redis
+) -> None:
+    worker = lifecycle(db)
+    job_id = client.post("/generate", json={"prompt": "x"},
+                         headers={"Prefer": "respond-async"}).json()["id"]
+    job = take_one(worker)
+    assert client.get(f"/jobs/{job_id}").json()["status"] == "running"
+    response = client.delete(f"/jobs/{job_id}")
+    assert (response.status_code, response.json()["status"]) == (202, "running")
+    assert worker.cancel_requested([job]) == {job_id}

@@ -1,0 +1,1 @@
+"""Reusable test helpers: service process launchers and schedule fixtures."""

@@ -1,0 +1,173 @@
+"""Job lifecycle on a real Redis: leases, retries, dead-letter, cancel, hand-back.
+
+The gateway's own enqueue puts jobs in; two consumers stand for two workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from redis.asyncio import Redis as AsyncRedis
+
+from app.protocol import (
+    GROUP,
+    JobRecord,
+    JobSpec,
+    JobStatus,
+    Timings,
+    cancel_key,
+    dead_stream,
+    events_key,
+    job_key,
+    jobs_stream,
+    queued_zset,
+)
+from app.queue import JobQueue
+from app.settings import Settings
+from tests.support.redis_db import UNIT_DB, clean_db, unit_settings
+from workers.lifecycle import ClaimedJob, JobLifecycle, JobResult, Start
+
+MODEL = "tiny-sd"
+LEASE_MS = 200
+
+
+@pytest.fixture()
+def db() -> Iterator[redis.Redis]:
+    with clean_db(UNIT_DB) as client:
+        yield client
+
+
+@pytest.fixture()
+def settings() -> Settings:
+    return unit_settings(lease_ms=LEASE_MS, max_attempts=2)
+
+
+def enqueue(settings: Settings, count: int = 1) -> list[str]:
+    async def run() -> list[str]:
+        client = AsyncRedis.from_url(settings.redis_url, decode_responses=True)
+        queue = JobQueue(client, settings)
+        spec = JobSpec(
+            model=MODEL, prompt="x", width=32, height=32, steps=5, guidance_scale=7.5, seed=1
+        )
+        ids = [(await queue.enqueue(spec)).job_id for _ in range(count)]
+        await client.aclose()
+        return ids
+
+    return asyncio.run(run())
+
+
+def worker(db: redis.Redis, settings: Settings, name: str) -> JobLifecycle:
+    lifecycle = JobLifecycle(db, settings, MODEL, name)
+    lifecycle.ensure_group()
+    return lifecycle
+
+
+def start(lifecycle: JobLifecycle, job: ClaimedJob) -> tuple[Start, ClaimedJob]:
+    ((outcome, started),) = lifecycle.start([job])
+    return outcome, started
+
+
+def status(db: redis.Redis, job_id: str) -> JobRecord:
+    return JobRecord.from_hash(db.hgetall(job_key(job_id)))
+
+
+def event_types(db: redis.Redis, job_id: str) -> list[str]:
+    return [fields["type"] for _, fields in db.xrange(events_key(job_id))]
+
+
+def timings() -> Timings:
+    return Timings(queue=0, inference=0.1, total=0.2, encode=0, denoise=0.1, decode=0, batch_size=1)
+
+
+def test_success_stores_images_and_acknowledges(db: redis.Redis, settings: Settings) -> None:
+    (job_id,) = enqueue(settings)
+    a = worker(db, settings, "a")
+    (job,) = a.load(a.read_new(8, None))
+    outcome, job = start(a, job)
+    assert outcome is Start.RUN and db.zcard(queued_zset(MODEL)) == 0
+    a.succeed([JobResult(job, [b"png"], "sched", timings())])
+    record = status(db, job_id)
+    assert (record.status, record.attempts, record.schedule) == (JobStatus.SUCCEEDED, 1, "sched")
+    assert db.xlen(jobs_stream(MODEL)) == 0
+    assert db.xpending(jobs_stream(MODEL), GROUP)["pending"] == 0
+    assert event_types(db, job_id) == ["queued", "started", "finished"]
+
+
+def test_a_dead_workers_job_is_claimed_after_the_lease(db: redis.Redis, settings: Settings) -> None:
+    enqueue(settings)
+    a, b = worker(db, settings, "a"), worker(db, settings, "b")
+    (job,) = a.load(a.read_new(8, None))
+    start(a, job)  # ... and "a" dies here
+    assert b.reclaim(8) == []
+    time.sleep(LEASE_MS * 1.5 / 1000)
+    (delivery,) = b.reclaim(8)
+    outcome, job = start(b, b.load([delivery])[0])
+    assert outcome is Start.RUN and (job.record.attempts, job.record.worker) == (2, "b")
+
+
+def test_a_live_worker_keeps_its_lease(db: redis.Redis, settings: Settings) -> None:
+    enqueue(settings)
+    a, b = worker(db, settings, "a"), worker(db, settings, "b")
+    (delivery,) = a.read_new(8, None)
+    for _ in range(3):
+        time.sleep(LEASE_MS * 0.6 / 1000)
+        a.extend_leases([delivery.message_id])
+    assert b.reclaim(8) == []
+
+
+def test_past_the_attempt_limit_a_job_is_dead_lettered(db: redis.Redis, settings: Settings) -> None:
+    (job_id,) = enqueue(settings)
+    a = worker(db, settings, "a")
+    for _ in range(settings.max_attempts):  # every worker that takes it dies
+        time.sleep(LEASE_MS * 1.5 / 1000)
+        deliveries = a.reclaim(8) or a.read_new(8, None)
+        assert start(a, a.load(deliveries)[0])[0] is Start.RUN
+    time.sleep(LEASE_MS * 1.5 / 1000)
+    outcome, _ = start(a, a.load(a.reclaim(8))[0])
+    assert outcome is Start.DEAD
+    record = status(db, job_id)
+    assert (record.status, record.error_type) == (JobStatus.FAILED, "dead_lettered")
+    assert "lease expired" in record.error
+    ((_, fields),) = db.xrange(dead_stream(MODEL))
+    assert fields["job_id"] == job_id
+    assert db.xlen(jobs_stream(MODEL)) == 0
+
+
+def test_a_failing_job_is_retried_then_dead_lettered(db: redis.Redis, settings: Settings) -> None:
+    (job_id,) = enqueue(settings)
+    a = worker(db, settings, "a")
+    results = []
+    for _ in range(settings.max_attempts):
+        _, job = start(a, a.load(a.read_new(8, None))[0])
+        results.append(a.fail(job, RuntimeError("boom")))
+    assert results == [JobStatus.QUEUED, JobStatus.FAILED]
+    record = status(db, job_id)
+    assert record.status is JobStatus.FAILED and "RuntimeError: boom" in record.error
+    assert db.xlen(dead_stream(MODEL)) == 1
+    assert event_types(db, job_id) == ["queued", "started", "queued", "started", "finished"]
+
+
+def test_a_cancel_asked_while_running_is_honoured_on_redelivery(
+    db: redis.Redis, settings: Settings
+) -> None:
+    (job_id,) = enqueue(settings)
+    a = worker(db, settings, "a")
+    _, job = start(a, a.load(a.read_new(8, None))[0])
+    db.set(cancel_key(job_id), "1")
+    assert a.cancel_requested([job]) == {job_id}
+    time.sleep(LEASE_MS * 1.5 / 1000)
+    outcome, _ = start(a, a.load(a.reclaim(8))[0])
+    assert outcome is Start.SKIP and status(db, job_id).status is JobStatus.CANCELED
+
+
+def test_a_stopping_worker_hands_back_unstarted_jobs(db: redis.Redis, settings: Settings) -> None:
+    enqueue(settings, count=2)
+    a, b = worker(db, settings, "a"), worker(db, settings, "b")
+    jobs = a.load(a.read_new(8, None))
+    a.hand_back(jobs)
+    assert len(b.read_new(8, None)) == 2
+    assert db.zcard(queued_zset(MODEL)) == 2

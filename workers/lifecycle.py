@@ -1,0 +1,334 @@
+"""Worker side of a job's life in Redis: claim, start, succeed, retry, dead-letter, cancel.
+
+Delivery is at least once. A job's stream entry stays pending in the consumer group until its
+result is stored: success, failure and cancel each store their outcome and acknowledge in one
+MULTI. Entries of a worker that died are claimed again once idle for ``OLSS_LEASE_MS``
+(XAUTOCLAIM); a live worker keeps its entries' leases fresh with ``extend_leases``. Each start
+counts an attempt in the job record; past ``OLSS_MAX_ATTEMPTS`` the job is dead-lettered.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import Enum
+
+import redis
+
+from app.protocol import (
+    FINISHED_CHANNEL,
+    GROUP,
+    EventType,
+    JobEvent,
+    JobRecord,
+    JobSpec,
+    JobStatus,
+    Timings,
+    cancel_key,
+    dead_stream,
+    events_key,
+    image_key,
+    job_key,
+    jobs_stream,
+    now,
+    queued_zset,
+)
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# KEYS: job, queued zset, cancel flag.  ARGV: worker id, now, max attempts
+_START = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'missing'} end
+if status ~= 'queued' and status ~= 'running' then return {'finished'} end
+if redis.call('EXISTS', KEYS[3]) == 1 then return {'cancel'} end
+redis.call('ZREM', KEYS[2], redis.call('HGET', KEYS[1], 'id'))
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+if attempts > tonumber(ARGV[3]) then return {'dead'} end
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[2], 'worker', ARGV[1],
+           'step', '0')
+return {'run', redis.call('HGETALL', KEYS[1])}
+"""
+
+
+class Start(Enum):
+    """What ``JobLifecycle.start`` decided."""
+
+    RUN = "run"
+    SKIP = "skip"  # gone, already finished or canceled: acknowledged, nothing to do
+    DEAD = "dead"  # too many attempts: dead-lettered and marked failed
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A stream entry read by this worker: its entry id and the job it names."""
+
+    message_id: str
+    job_id: str
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A delivered job with its record as read."""
+
+    message_id: str
+    record: JobRecord
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def spec(self) -> JobSpec:
+        return self.record.spec
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """A finished job's encoded images, the schedule that made them and its timings."""
+
+    job: ClaimedJob
+    images: list[bytes]
+    schedule: str
+    timings: Timings
+
+
+class JobLifecycle:
+    """The Redis transitions of the jobs of one model's stream, for one consumer."""
+
+    def __init__(self, client: redis.Redis, settings: Settings, model: str, consumer: str):
+        self.redis = client
+        self.settings = settings
+        self.model = model
+        self.consumer = consumer
+        self.stream = jobs_stream(model)
+        self._start = client.register_script(_START)
+        self._reclaim_cursor = "0-0"
+
+    def ensure_group(self) -> None:
+        """Create the stream and its consumer group (reading from the start) if missing."""
+        try:
+            self.redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    # -- delivery ---------------------------------------------------------------------------
+
+    def read_new(self, count: int, block_ms: int | None) -> list[Delivery]:
+        """Up to ``count`` new entries; waits up to ``block_ms`` (``None``: do not wait)."""
+        reply = self.redis.xreadgroup(
+            GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms
+        )
+        return [Delivery(mid, fields["job_id"]) for _, entries in reply for mid, fields in entries]
+
+    def reclaim(self, count: int) -> list[Delivery]:
+        """Entries idle longer than the lease (their worker died): now this worker's."""
+        cursor, entries, deleted = self.redis.xautoclaim(
+            self.stream,
+            GROUP,
+            self.consumer,
+            self.settings.lease_ms,
+            start_id=self._reclaim_cursor,
+            count=count,
+        )
+        self._reclaim_cursor = cursor
+        if deleted:
+            self.redis.xack(self.stream, GROUP, *deleted)
+        return [Delivery(mid, fields["job_id"]) for mid, fields in entries if fields]
+
+    def extend_leases(self, message_ids: list[str]) -> None:
+        """Reset the idle time of the entries this worker still owns (no other worker's)."""
+        if not message_ids:
+            return
+        owned = self.redis.xpending_range(
+            self.stream,
+            GROUP,
+            min="-",
+            max="+",
+            count=max(100, len(message_ids)),
+            consumername=self.consumer,
+        )
+        mine = sorted({entry["message_id"] for entry in owned} & set(message_ids))
+        if mine:
+            self.redis.xclaim(self.stream, GROUP, self.consumer, 0, mine, justid=True)
+
+    def load(self, deliveries: list[Delivery]) -> list[ClaimedJob]:
+        """Read the records; entries whose record expired are acknowledged and dropped."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for delivery in deliveries:
+                pipe.hgetall(job_key(delivery.job_id))
+            hashes = pipe.execute()
+        claimed = []
+        for delivery, data in zip(deliveries, hashes, strict=True):
+            if data:
+                claimed.append(ClaimedJob(delivery.message_id, JobRecord.from_hash(data)))
+            else:
+                self._ack([delivery.message_id])
+        return claimed
+
+    # -- transitions ------------------------------------------------------------------------
+
+    def start(self, jobs: list[ClaimedJob]) -> list[tuple[Start, ClaimedJob]]:
+        """Atomically move each job to running (counting an attempt), unless it must not run:
+        gone or finished (acknowledged), canceled, or out of attempts (dead-lettered)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job in jobs:
+                self._start(
+                    keys=[job_key(job.id), queued_zset(self.model), cancel_key(job.id)],
+                    args=[self.consumer, now(), self.settings.max_attempts], client=pipe,
+                )
+            replies = pipe.execute()
+        decisions: list[tuple[Start, ClaimedJob]] = []
+        started: list[ClaimedJob] = []
+        for job, reply in zip(jobs, replies, strict=True):
+            outcome = reply[0]
+            if outcome == "run":
+                flat = reply[1]
+                record = JobRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
+                started.append(ClaimedJob(job.message_id, record))
+                decisions.append((Start.RUN, started[-1]))
+                continue
+            if outcome == "cancel":
+                self.finish_canceled(job)
+            elif outcome == "dead":
+                self.dead_letter(job, self._give_up_reason(job))
+                decisions.append((Start.DEAD, job))
+                continue
+            else:
+                self._ack([job.message_id])
+            decisions.append((Start.SKIP, job))
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job in started:
+                event = JobEvent(type=EventType.STARTED, status=JobStatus.RUNNING,
+                                 attempt=job.record.attempts)
+                pipe.xadd(events_key(job.id), event.to_fields())
+            pipe.execute()
+        return decisions
+
+    def cancel_requested(self, jobs: list[ClaimedJob]) -> set[str]:
+        """Ids of ``jobs`` whose cancel was asked for."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job in jobs:
+                pipe.exists(cancel_key(job.id))
+            flags = pipe.execute()
+        return {job.id for job, flag in zip(jobs, flags, strict=True) if flag}
+
+    def progress(self, jobs: list[ClaimedJob], step: int, total: int) -> None:
+        """Record step ``step`` of ``total`` and send it as an event, for each job."""
+        event = JobEvent(type=EventType.STEP, step=step, total=total).to_fields()
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job in jobs:
+                pipe.hset(job_key(job.id), mapping=JobRecord.fields(step=step, total_steps=total))
+                pipe.xadd(events_key(job.id), event)
+            pipe.execute()
+
+    def succeed(self, results: list[JobResult]) -> None:
+        """Store every job's images and outcome, send ``finished`` and acknowledge: one MULTI
+        for the whole batch, so its jobs finish together."""
+        if not results:
+            return
+        ttl = self.settings.job_ttl_s
+        event = JobEvent(type=EventType.FINISHED, status=JobStatus.SUCCEEDED).to_fields()
+        with self.redis.pipeline(transaction=True) as pipe:
+            for result in results:
+                job = result.job
+                for index, data in enumerate(result.images):
+                    pipe.set(image_key(job.id, index), data, ex=ttl)
+                pipe.hset(job_key(job.id), mapping=JobRecord.fields(
+                    status=JobStatus.SUCCEEDED,
+                    finished_at=job.record.created_at + result.timings.total,
+                    schedule=result.schedule, timings=result.timings,
+                    step=job.record.total_steps, error=None, error_type=None,
+                ))
+                pipe.xadd(events_key(job.id), event)
+                pipe.publish(FINISHED_CHANNEL, job.id)
+            self._ack_in(pipe, [result.job.message_id for result in results])
+            pipe.execute()
+
+    def finish_canceled(self, job: ClaimedJob) -> None:
+        """Mark ``job`` canceled, send ``finished`` and acknowledge."""
+        fields = JobRecord.fields(status=JobStatus.CANCELED, finished_at=now())
+        event = JobEvent(type=EventType.FINISHED, status=JobStatus.CANCELED)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(job_key(job.id), mapping=fields)
+            pipe.xadd(events_key(job.id), event.to_fields())
+            pipe.publish(FINISHED_CHANNEL, job.id)
+            self._ack_in(pipe, [job.message_id])
+            pipe.execute()
+
+    def fail(self, job: ClaimedJob, error: BaseException) -> JobStatus:
+        """A failed attempt: queue the job again, or dead-letter it on its last attempt.
+
+        Returns ``QUEUED`` (retried) or ``FAILED`` (dead-lettered).
+        """
+        message = f"{type(error).__name__}: {error}"
+        if job.record.attempts >= self.settings.max_attempts:
+            self.dead_letter(job, f"failed {job.record.attempts} times; last error: {message}")
+            return JobStatus.FAILED
+        log.warning("job %s attempt %d failed, retrying: %s", job.id, job.record.attempts, message)
+        self.requeue(job, error=message)
+        return JobStatus.QUEUED
+
+    def requeue(self, job: ClaimedJob, error: str) -> None:
+        """Queue a failed ``job`` again (a new entry at the end); acknowledge the old entry."""
+        fields = JobRecord.fields(status=JobStatus.QUEUED, worker=None, error=error)
+        event = JobEvent(
+            type=EventType.QUEUED, status=JobStatus.QUEUED, attempt=job.record.attempts, error=error
+        )
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(job_key(job.id), mapping=fields)
+            pipe.zadd(queued_zset(self.model), {job.id: now()})
+            pipe.xadd(events_key(job.id), event.to_fields())
+            pipe.xadd(self.stream, {"job_id": job.id})
+            self._ack_in(pipe, [job.message_id])
+            pipe.execute()
+
+    def hand_back(self, jobs: list[ClaimedJob]) -> None:
+        """Return jobs this worker read but never started (it is stopping): new entries, so
+        another worker takes them now rather than after the lease."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            for job in jobs:
+                pipe.xadd(self.stream, {"job_id": job.id})
+            self._ack_in(pipe, [job.message_id for job in jobs])
+            pipe.execute()
+
+    def dead_letter(self, job: ClaimedJob, reason: str) -> None:
+        """Move ``job`` to the dead-letter stream and mark it failed with ``reason``."""
+        log.error("job %s dead-lettered: %s", job.id, reason)
+        fields = JobRecord.fields(
+            status=JobStatus.FAILED, finished_at=now(), error=reason, error_type="dead_lettered"
+        )
+        event = JobEvent(type=EventType.FINISHED, status=JobStatus.FAILED, error=reason)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(job_key(job.id), mapping=fields)
+            pipe.xadd(
+                dead_stream(self.model),
+                {
+                    "job_id": job.id,
+                    "reason": reason,
+                    "attempts": str(job.record.attempts),
+                },
+            )
+            pipe.xadd(events_key(job.id), event.to_fields())
+            pipe.publish(FINISHED_CHANNEL, job.id)
+            self._ack_in(pipe, [job.message_id])
+            pipe.execute()
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _give_up_reason(self, job: ClaimedJob) -> str:
+        attempts = self.settings.max_attempts
+        last = job.record.error or "its worker stopped before finishing (lease expired)"
+        return f"gave up after {attempts} attempt(s); last: {last}"
+
+    def _ack(self, message_ids: list[str]) -> None:
+        with self.redis.pipeline(transaction=True) as pipe:
+            self._ack_in(pipe, message_ids)
+            pipe.execute()
+
+    def _ack_in(self, pipe: redis.client.Pipeline, message_ids: list[str]) -> None:
+        """Acknowledge and delete entries: the stream only holds unfinished deliveries."""
+        pipe.xack(self.stream, GROUP, *message_ids)
+        pipe.xdel(self.stream, *message_ids)
