@@ -360,11 +360,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--mixtures", nargs="+", choices=list(MIXTURES), default=list(MIXTURES))
     parser.add_argument("--steps", nargs="+", type=int, default=list(BenchConfig.steps))
     parser.add_argument("--guidance", nargs="+", type=float, default=list(BenchConfig.guidances))
+    parser.add_argument(
+        "--digits", action="store_true", help="the olss-digits table (bench/digits_quality.py)"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.digits:
+        from bench.digits_quality import main as digits_main
+
+        return digits_main(["--threads", "1"])
     torch.set_num_threads(1)
     mixtures = dict(MIXTURES)
     if args.quick:

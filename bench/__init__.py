@@ -1,0 +1,1 @@
+"""Benchmarks and the scripts that reproduce the embedded model's weights."""

@@ -1,0 +1,62 @@
+"""End to end with the embedded model: ``POST /generate`` "the number 3" returns a 3.
+
+A real gateway and a real worker started with no ``OLSS_MODEL``, so the worker serves the default
+model, ``olss-digits`` with its built-in OLSS schedules (what ``make run`` serves), on their own
+Redis database; the digit classifier of ``bench.digits_eval`` reads the returned PNGs.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench.digits_eval import classify
+from tests.support.processes import Gateway, Worker, service_env, spawn_gateway, spawn_worker
+from tests.support.redis_db import clean_db, redis_url
+
+pytestmark = pytest.mark.e2e
+
+DIGITS_DB = 13
+SEEDS = (1, 2, 3, 4, 5)
+
+
+@pytest.fixture(scope="module")
+def digits_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Worker]]:
+    """A gateway and a worker for the default model with the built-in schedule registry."""
+    with clean_db(DIGITS_DB):
+        env = service_env(redis_url(DIGITS_DB), cache_dir=tmp_path_factory.mktemp("digits-cache"))
+        gateway, worker = spawn_gateway(env), spawn_worker(env)
+        try:
+            worker.wait_ready()
+            gateway.wait_ready()
+            yield gateway, worker
+        finally:
+            gateway.stop()
+            worker.stop()
+
+
+def test_generate_the_number_3_returns_an_image_read_as_3(digits_stack) -> None:
+    gateway, worker = digits_stack
+    assert worker.info is not None and worker.info.default_schedule is not None
+    assert worker.info.model == "olss-digits"
+    assert worker.info.default_schedule.startswith("olss-digits__5steps")
+    images = []
+    with httpx.Client(base_url=gateway.url, timeout=60) as http:
+        for seed in SEEDS:
+            response = http.post(
+                "/generate",
+                json={"prompt": "the number 3", "seed": seed},
+                headers={"Accept": "image/png"},
+            )
+            assert response.status_code == 200, response.text
+            assert response.headers["content-type"] == "image/png"
+            with Image.open(io.BytesIO(response.content)) as image:
+                images.append(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
+    assert images[0].shape == (16, 16, 3)
+    predicted = classify(np.stack(images))
+    assert (predicted == 3).mean() >= 0.8, predicted

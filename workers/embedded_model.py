@@ -1,0 +1,45 @@
+"""Models that ship inside the package, so a fresh machine with no network serves something real.
+
+``olss-digits`` is a small Stable Diffusion pipeline (CLIP text encoder, ``AutoencoderKL``,
+``UNet2DConditionModel``, DDIM scheduler) trained on scikit-learn's handwritten digits by
+``bench/train_digits.py``; it draws 16x16 digits from prompts such as "the number 3".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+
+#: Embedded model name -> its diffusers folder inside the package.
+EMBEDDED_MODELS: dict[str, str] = {"olss-digits": str(MODELS_DIR / "olss-digits")}
+
+#: File in an embedded model's folder with its serving defaults.
+DEFAULTS_FILE = "olss_defaults.json"
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """Serving defaults a model folder may declare in ``olss_defaults.json``."""
+
+    guidance_scale: float | None = None
+    num_inference_steps: int | None = None
+
+
+def resolve_model(name_or_path: str) -> str:
+    """The local folder of an embedded model's name; anything else (HF id, path) unchanged."""
+    return EMBEDDED_MODELS.get(name_or_path, name_or_path)
+
+
+def model_defaults(name_or_path: str) -> ModelDefaults:
+    """Defaults from the resolved folder's ``olss_defaults.json``; empty when there is none."""
+    path = Path(resolve_model(name_or_path)) / DEFAULTS_FILE
+    if not path.is_file():
+        return ModelDefaults()
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return ModelDefaults(
+        guidance_scale=data.get("guidance_scale"),
+        num_inference_steps=data.get("num_inference_steps"),
+    )
