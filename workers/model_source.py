@@ -1,10 +1,11 @@
-"""Which model a worker loads, and the dev default: the tiny offline pipeline.
+"""Which model a worker loads: the embedded default, the tiny dev pipeline, or any other.
 
 ``resolve_model`` is the one place that maps a configured model name to what
-``from_pretrained`` loads: embedded models (``workers.embedded_model``) to their package
-folder, ``olss-tiny`` to the random-weights tiny Stable Diffusion pipeline (built on first use
-into the cache folder, with OLSS schedules calibrated for it on first use), anything else (hub
-id, local folder) unchanged. ``DEFAULT_MODEL`` serves when none is configured.
+``from_pretrained`` loads: embedded models (``workers.embedded_model``, e.g. ``olss-digits``) to
+their package folder, ``olss-tiny`` to the random-weights tiny Stable Diffusion pipeline (built on
+first use into the cache folder, with OLSS schedules calibrated for it on first use), anything
+else (hub id, local folder) unchanged. ``DEFAULT_MODEL`` serves when none is configured: the
+trained ``olss-digits``, whose OLSS schedules ship in the built-in registry.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from schedules.calibrate import calibrate, default_prompts
 from schedules.tiny_pipeline import save_tiny_pipeline
 from workers import embedded_model
 
-DEFAULT_MODEL = "olss-tiny"
+DEFAULT_MODEL = "olss-digits"
 DEV_MODEL = "olss-tiny"
 DEV_CALIBRATION = {
     "num_steps": [4, 5],
