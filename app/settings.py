@@ -60,6 +60,18 @@ class Settings(BaseSettings):
     heartbeat_ttl_s: float = Field(10.0, gt=0)
     worker_metrics_host: str = "127.0.0.1"
     worker_metrics_port: int = Field(9400, ge=0, le=65535, description="0 = pick a free port")
+    torch_threads: int | None = Field(
+        None, ge=1, description="CPU threads for torch (default: torch's own choice)"
+    )
+
+    # Worker fast path (workers/fast_path.py); unset = the device's default (on for CUDA)
+    fp16: bool | None = Field(None, description="fp16 weights and activations")
+    sdpa: bool | None = Field(None, description="PyTorch scaled-dot-product attention")
+    channels_last: bool | None = Field(None, description="channels-last UNet and VAE")
+    compile: bool | None = Field(
+        None, description="torch.compile the UNet and VAE decoder during warm-up (default off)"
+    )
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
 
     # Request limits
     max_prompt_chars: int = Field(1000, ge=1)

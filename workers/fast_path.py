@@ -138,6 +138,9 @@ def apply_fast_path(
     return pipe
 
 
+COMPILED_SHAPES_LIMIT = 64
+
+
 def compile_models(pipe: StableDiffusionPipeline, options: FastPathOptions) -> None:
     """``torch.compile`` the UNet and the VAE decoder in place (``nn.Module.compile``).
 
@@ -152,6 +155,10 @@ def compile_models(pipe: StableDiffusionPipeline, options: FastPathOptions) -> N
     }
     if options.compile_backend == "inductor":
         kwargs["mode"] = options.compile_mode
+    # Every (batch size, resolution) is its own static graph; dynamo's default limit of 8
+    # recompiles per function would fall back to eager for a worker serving more shapes.
+    dynamo_config = torch._dynamo.config
+    dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, COMPILED_SHAPES_LIMIT)
     pipe.unet.compile(**kwargs)
     pipe.vae.decoder.compile(**kwargs)
 

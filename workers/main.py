@@ -69,14 +69,26 @@ class Worker:
         """Load the model and schedules, warm up, then start metrics and the heartbeat."""
         settings = self.settings
         device = pick_device(settings.device)
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        options = FastPathOptions.for_device(
+            device,
+            fp16=settings.fp16,
+            sdpa=settings.sdpa,
+            channels_last=settings.channels_last,
+            compile=settings.compile,
+            compile_mode=settings.compile_mode,
+        )
+        log.info("loading %s on %s (%s)", self.model, device, options.label)
         source = resolve_model(self.model, settings.cache_dir)
-        pipe = load_pipeline(source, device, FastPathOptions.for_device(device))
+        pipe = load_pipeline(source, device, options)
         registry = ScheduleRegistry.default(settings.writable_schedule_dir)
         ensure_dev_schedules(pipe, registry)
         key = model_key(source)
         self.bank = SchedulerBank(pipe.scheduler.config, load_model_schedules(registry, key))
         self.engine = InferenceEngine(pipe, device)
-        self._warm_up(key)
+        warm_batch_sizes = range(1, settings.max_batch_size + 1) if options.compile else [1]
+        self._warm_up(key, warm_batch_sizes)
         self.lifecycle = JobLifecycle(self.redis, settings, key, self.worker_id)
         self.lifecycle.ensure_group()
         self.metrics_server = MetricsServer.start(
@@ -116,22 +128,28 @@ class Worker:
         log.info("worker ready: %s", info.model_dump_json())
         return info
 
-    def _warm_up(self, key: str) -> None:
-        """One image per OLSS schedule (or one DDIM image when there is none)."""
+    def _warm_up(self, key: str, batch_sizes: Iterable[int]) -> None:
+        """Generate once per OLSS schedule (or one DDIM run when there is none) and batch size.
+
+        With ``torch.compile`` on, every batch size the batcher can form is its own compiled
+        shape, so all of them are warmed here and no request pays for a compile.
+        """
         width, height = self.engine.native_size
         runs = [("olss", s.steps, s.guidance_scale) for s in self.bank.schedules]
         for scheduler, steps, guidance in runs or [WARM_UP_SCHEDULER]:
-            spec = JobSpec(
-                model=key,
-                prompt="warm-up",
-                width=width,
-                height=height,
-                steps=steps,
-                guidance_scale=guidance,
-                seed=0,
-                scheduler=scheduler,
-            )
-            self.engine.generate([spec], self.bank.get(scheduler, steps, guidance)[1])
+            for batch_size in batch_sizes:
+                spec = JobSpec(
+                    model=key,
+                    prompt="warm-up",
+                    width=width,
+                    height=height,
+                    steps=steps,
+                    guidance_scale=guidance,
+                    seed=0,
+                    num_images=batch_size,
+                    scheduler=scheduler,
+                )
+                self.engine.generate([spec], self.bank.get(scheduler, steps, guidance)[1])
 
     # -- main loop --------------------------------------------------------------------------
 
