@@ -142,6 +142,9 @@ class OLSSScheduler(SchedulerMixin, ConfigMixin):
             )
         if device is not None:
             self.timesteps = self.timesteps.to(device)
+            # Upload the fp32 weights now, before the denoising loop, so that even the first
+            # run's step 0 makes no host-to-device copy (fp16 and fp32 samples both use them).
+            self._coefficients_for(self.timesteps.device, torch.float32)
         self._step_index = 0
 
     def _coefficients_for(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
