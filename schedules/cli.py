@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-from schedules.registry import BUILTIN_DIR, SCHEDULE_DIR_ENV, ScheduleNotFound, ScheduleRegistry
+from schedules.registry import SCHEDULE_DIR_ENV, ScheduleNotFound, ScheduleRegistry
 from schedules.schedule_file import Schedule, ScheduleFileError
 
 
@@ -85,9 +84,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     pipe = StableDiffusionPipeline.from_pretrained(
-        args.model, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+        args.model, dtype=dtype, safety_checker=None, requires_safety_checker=False
     ).to(device)
-    out = args.out or Path(os.environ.get(SCHEDULE_DIR_ENV) or BUILTIN_DIR)
+    out = args.out or ScheduleRegistry.default().writable_root
     schedules = calibrate(
         pipe,
         prompts,
