@@ -98,11 +98,15 @@ def error_response(error: ServiceError) -> JSONResponse:
     )
 
 
-def _describe_validation(error: RequestValidationError) -> str:
+def _describe_validation(error: RequestValidationError, content_type: str) -> str:
     parts = []
     for item in error.errors():
         field = ".".join(str(p) for p in item["loc"] if p != "body") or "body"
         parts.append(f"{field}: {item['msg']}")
+        if field == "body" and "json" not in content_type:
+            # curl -d sends application/x-www-form-urlencoded unless told otherwise.
+            parts[-1] += " (send a JSON object with Content-Type: application/json, got "
+            parts[-1] += f"{content_type or 'no Content-Type'})"
     return "; ".join(parts)
 
 
@@ -114,8 +118,9 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(error)
 
     @app.exception_handler(RequestValidationError)
-    async def _schema(_: Request, error: RequestValidationError) -> JSONResponse:
-        return error_response(InvalidRequest(_describe_validation(error)))
+    async def _schema(request: Request, error: RequestValidationError) -> JSONResponse:
+        content_type = request.headers.get("content-type", "")
+        return error_response(InvalidRequest(_describe_validation(error, content_type)))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, error: StarletteHTTPException) -> JSONResponse:

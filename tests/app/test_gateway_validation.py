@@ -43,6 +43,20 @@ def test_bad_field_is_422_naming_field_and_limit(
     assert field in error["error"] and limit in error["error"], error
 
 
+def test_a_body_that_is_not_json_is_422_saying_to_send_json(
+    client: TestClient, registered_worker: WorkerInfo
+) -> None:
+    response = client.post(
+        "/generate",
+        content=b'{"prompt": "x"}',
+        headers={**ASYNC, "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 422
+    message = response.json()["error"]
+    assert "Content-Type: application/json" in message
+    assert "application/x-www-form-urlencoded" in message
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [({"steps": 7}, "steps"), ({"guidance_scale": 3.0}, "guidance_scale"),
