@@ -25,7 +25,7 @@ lint: install
 # Start a private real Redis server when none answers at OLSS_REDIS_URL.
 redis: install
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
-	$(PY) -m app.dev_redis ensure
+	$(PY) -m olss_cli.dev_redis ensure
 
 # The offline deployment checks (tests/deploy) run promtool (Debian's prometheus package) and
 # docker-compose (Debian's, validates the compose files without a Docker engine).

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from app.errors import InvalidRequest, NoWorker
-from app.protocol import WORKERS_SET, WorkerInfo, worker_key
+from olss_core.keys import WORKERS_SET, worker_key
+from olss_core.protocol import WorkerInfo
 
 
 @dataclass(frozen=True)

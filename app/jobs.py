@@ -9,15 +9,9 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from app.errors import JobNotFound
-from app.protocol import (
-    EventType,
-    JobEvent,
-    JobRecord,
-    JobStatus,
-    events_key,
-    image_key,
-    job_key,
-)
+from olss_core.job_states import JobStatus
+from olss_core.keys import events_key, image_key, job_key
+from olss_core.protocol import EventType, JobEvent, JobRecord
 
 EVENT_BLOCK_MS = 5000
 

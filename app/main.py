@@ -8,15 +8,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
-from app import __version__
 from app.api.main import api_router
 from app.errors import install_error_handlers
 from app.fleet import FleetView
-from app.metrics import GatewayMetrics
 from app.notifier import FinishNotifier
 from app.queue import JobQueue
 from app.request_metrics import RequestMetricsMiddleware
-from app.settings import Settings, get_settings
+from olss_core import __version__
+from olss_core.metrics import GatewayMetrics
+from olss_core.settings import Settings, get_settings
 
 REDIS_CONNECT_TIMEOUT_S = 2.0
 

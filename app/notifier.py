@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.protocol import FINISHED_CHANNEL
+from olss_core.keys import FINISHED_CHANNEL
 
 POLL_S = 1.0
 RESUBSCRIBE_S = 1.0

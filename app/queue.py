@@ -15,61 +15,19 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from app.errors import JobFinished, JobNotFound, QueueFull
-from app.protocol import (
+from olss_core.job_scripts import CANCEL, ENQUEUE
+from olss_core.job_states import JobStatus
+from olss_core.keys import (
     FINISHED_CHANNEL,
-    EventType,
-    JobEvent,
-    JobRecord,
-    JobSpec,
-    JobStatus,
     cancel_key,
     events_key,
     idempotency_key,
     job_key,
     jobs_stream,
-    now,
     queued_zset,
 )
-from app.settings import Settings
-
-# KEYS: job, queued zset, stream, events, idempotency (may be unused)
-# ARGV: job id, max depth, ttl, now, use idempotency (0/1), queued event fields x2, record fields
-_ENQUEUE = """
-if ARGV[5] == '1' then
-  local existing = redis.call('GET', KEYS[5])
-  if existing then return {'existing', existing} end
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[4]) - tonumber(ARGV[3]))
-local depth = redis.call('ZCARD', KEYS[2])
-if depth >= tonumber(ARGV[2]) then return {'full', tostring(depth)} end
-redis.call('HSET', KEYS[1], unpack(ARGV, 8))
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('XADD', KEYS[4], '*', 'type', ARGV[6], 'data', ARGV[7])
-redis.call('EXPIRE', KEYS[4], ARGV[3])
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
-redis.call('XADD', KEYS[3], '*', 'job_id', ARGV[1])
-if ARGV[5] == '1' then redis.call('SET', KEYS[5], ARGV[1], 'EX', ARGV[3]) end
-return {'queued', ARGV[1]}
-"""
-
-# KEYS: job, queued zset, events, cancel flag
-# ARGV: now, ttl, finished event fields x2, finished channel
-_CANCEL = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return 'missing' end
-if status == 'queued' then
-  redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
-  redis.call('ZREM', KEYS[2], redis.call('HGET', KEYS[1], 'id'))
-  redis.call('XADD', KEYS[3], '*', 'type', ARGV[3], 'data', ARGV[4])
-  redis.call('PUBLISH', ARGV[5], redis.call('HGET', KEYS[1], 'id'))
-  return 'now'
-end
-if status == 'running' then
-  redis.call('SET', KEYS[4], '1', 'EX', ARGV[2])
-  return 'asked'
-end
-return 'finished:' .. status
-"""
+from olss_core.protocol import EventType, JobEvent, JobRecord, JobSpec, now
+from olss_core.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -89,8 +47,8 @@ class JobQueue:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self._redis = redis
         self._settings = settings
-        self._enqueue = redis.register_script(_ENQUEUE)
-        self._cancel = redis.register_script(_CANCEL)
+        self._enqueue = redis.register_script(ENQUEUE)
+        self._cancel = redis.register_script(CANCEL)
 
     async def enqueue(self, spec: JobSpec, idempotency: str | None = None) -> Enqueued:
         """Queue ``spec`` as a new job, or return the job already made for ``idempotency``."""

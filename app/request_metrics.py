@@ -9,7 +9,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.metrics import GatewayMetrics
+from olss_core.metrics import GatewayMetrics
 
 UNMATCHED = "unmatched"
 

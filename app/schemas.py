@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.protocol import JobStatus, OutputFormat, ScheduleInfo, SchedulerName, Timings
+from olss_core.job_states import JobStatus
+from olss_core.protocol import OutputFormat, ScheduleInfo, Timings
+from olss_core.samplers import SchedulerName
 
 MAX_SEED = 2**32 - 1
 

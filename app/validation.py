@@ -10,9 +10,9 @@ import secrets
 
 from app.errors import InvalidRequest
 from app.fleet import Fleet
-from app.protocol import JobSpec, OutputFormat, ScheduleInfo, WorkerInfo
 from app.schemas import MAX_SEED, GenerateRequest
-from app.settings import Settings
+from olss_core.protocol import JobSpec, OutputFormat, ScheduleInfo, WorkerInfo
+from olss_core.settings import Settings
 
 
 def check_limits(body: GenerateRequest, settings: Settings) -> None:

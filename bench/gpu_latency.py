@@ -6,14 +6,14 @@ classifier-free guidance; at least 12 images/s at batch 8.
 
 What runs (full mode, about 5-7 minutes on an H100 by estimate; not measured yet)::
 
-    python bench/gpu_latency.py --out bench/results/gpu_latency.json
+    python -m bench.gpu_latency --out bench/results/gpu_latency.json
 
 * The model has Stable Diffusion 1.5's architecture, built from configs written here (UNet
   859.5M parameters, VAE 83.7M, CLIP ViT-L/14 text encoder 123.1M) with random weights, so
   nothing is downloaded. The compute cost equals the real model's; the images are noise.
 * Samplers, each with classifier-free guidance (the UNet runs on a doubled batch): OLSS at 5 and
   8 steps, DPM-Solver++(2M) at 20 and 25, DDIM at 50. The OLSS schedules are fitted on the
-  analytic Gaussian-mixture testbed (:mod:`schedules.analytic`): a schedule calibrated on
+  analytic Gaussian-mixture testbed (:mod:`devtools.analytic`): a schedule calibrated on
   random weights would be meaningless, and cost depends only on the step count and the shapes.
 * Stages are timed with CUDA events (:class:`workers.stage_timer.StageTimer`) and the whole
   call also with a synchronised wall clock: median and p90 over ``--repeats`` runs after
@@ -23,7 +23,7 @@ What runs (full mode, about 5-7 minutes on an H100 by estimate; not measured yet
   torch.compile) is then switched against that default at batch 1 with OLSS-5, plus an all-off
   row, so each one's effect is measured in the same run. Compile also runs at batch 8.
 * A host-device synchronisation check runs one generation per sampler with
-  :func:`workers.host_sync.detect_host_syncs` around every denoising step (the CUDA runtime's
+  :func:`devtools.host_sync.detect_host_syncs` around every denoising step (the CUDA runtime's
   sync debug mode on a GPU; the meta device stands in on a CPU).
 
 ``--tiny`` runs the same code on a CPU with a tiny configuration (64x64 images, fp32, no
@@ -62,8 +62,8 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from devtools.host_sync import HostSync, detect_host_syncs
 from workers.fast_path import FastPathOptions, apply_fast_path, compile_models, pick_device
-from workers.host_sync import HostSync, detect_host_syncs
 from workers.stage_timer import StageTimer
 
 PROMPT = "a photograph of an astronaut riding a horse on the moon"
@@ -179,7 +179,7 @@ def build_pipeline(
     SD 1.5 on a GPU); :func:`workers.fast_path.apply_fast_path` then casts them. The tokenizer
     is the local byte-level CLIP tokenizer padded to 77 tokens.
     """
-    from schedules.tiny_pipeline import write_byte_level_tokenizer
+    from devtools.tiny_pipeline import write_byte_level_tokenizer
 
     tokenizer = write_byte_level_tokenizer(work_dir / "tokenizer", TOKENIZER_MAX_LENGTH)
     vocab = len(tokenizer.get_vocab())
@@ -257,8 +257,8 @@ def fit_bench_schedules(steps: Sequence[int], spec: ArchSpec) -> dict[int, Any]:
     testbed at guidance 7.5, with SD's noise schedule. The weights here are random, so the
     coefficients' quality is irrelevant; a step costs one UNet call whatever they are.
     """
+    from devtools.analytic import GaussianMixtureDiffusion, record_teacher, sd_scheduler
     from schedules import search
-    from schedules.analytic import GaussianMixtureDiffusion, record_teacher, sd_scheduler
 
     testbed = GaussianMixtureDiffusion()
     labels = torch.arange(64) % testbed.config.num_classes
@@ -481,7 +481,7 @@ class SyncReport:
 def sync_check(
     pipe: StableDiffusionPipeline, sampler: Sampler, schedules: dict[int, Any], seed: int
 ) -> SyncReport:
-    """Count host-device syncs per denoising step (see :mod:`workers.host_sync`).
+    """Count host-device syncs per denoising step (see :mod:`devtools.host_sync`).
 
     On CUDA the pipeline itself runs under the CUDA runtime's sync debug mode. Elsewhere a copy
     of the pipeline on the meta device stands in for the accelerator: the check then sees every

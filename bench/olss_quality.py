@@ -1,6 +1,6 @@
 """OLSS quality on an analytic diffusion testbed, against diffusers' few-step samplers.
 
-The model is exact (:mod:`schedules.analytic`: class-conditional Gaussian mixtures under Stable
+The model is exact (:mod:`devtools.analytic`: class-conditional Gaussian mixtures under Stable
 Diffusion's VP schedule, classifier-free guidance), so every error below is the sampler's own.
 For each mixture and guidance scale:
 
@@ -17,7 +17,7 @@ chosen on the held-out set itself (which favours the peers). PNDM runs
 ``set_timesteps(k - 1)`` so that it, too, makes k model calls. AYS is Sabour et al. (2024)'s
 StableDiffusionTimesteps, log-linearly interpolated to k steps, run with DPM-Solver++(2M).
 
-Run ``python bench/olss_quality.py`` (all cases, a few minutes on 2 CPU cores),
+Run ``python -m bench.olss_quality`` (all cases, a few minutes on 2 CPU cores),
 ``--quick`` for a smoke run, ``--out results.json`` for the raw numbers, ``--markdown`` for the
 tables as Markdown.
 """
@@ -45,8 +45,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from schedules import OLSSScheduler, search
-from schedules.analytic import (
+from devtools.analytic import (
     GaussianMixtureDiffusion,
     MixtureConfig,
     ModelFn,
@@ -55,6 +54,7 @@ from schedules.analytic import (
     run_sampler,
     sd_scheduler,
 )
+from schedules import OLSSScheduler, search
 from schedules.gram import gram_matrix
 
 OLSS_METHODS = ("closed-loop", "paper", "uniform")

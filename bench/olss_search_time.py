@@ -13,8 +13,8 @@ Trajectories are synthetic but structured like a DDIM run of a Stable Diffusion 
 noise schedule, T teacher steps, N examples of 4x64x64 latents, and a noise prediction that is
 partly linear and partly non-linear in the sample. Usage::
 
-    python bench/olss_search_time.py                     # N=32, 4x64x64, T=100, k=5,10,20
-    python bench/olss_search_time.py --n 4 --latent 4 16 16 --lstsq-steps 5 10 20   # quick
+    python -m bench.olss_search_time                     # N=32, 4x64x64, T=100, k=5,10,20
+    python -m bench.olss_search_time --n 4 --latent 4 16 16 --lstsq-steps 5 10 20   # quick
 """
 
 from __future__ import annotations

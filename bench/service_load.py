@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from schedules.tiny_pipeline import save_tiny_pipeline
+from devtools.tiny_pipeline import save_tiny_pipeline
 from tests.support.processes import Gateway, Worker, service_env, spawn_gateway, spawn_worker
 from tests.support.redis_db import clean_db, redis_url
 from tests.support.schedules import calibrate_test_schedules

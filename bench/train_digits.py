@@ -70,7 +70,7 @@ from bench.digits_eval import (
     generation_accuracy,
     load_digits_arrays,
 )
-from schedules.tiny_pipeline import _bytes_to_unicode
+from devtools.tiny_pipeline import _bytes_to_unicode
 
 TOKENIZER_MAX_LENGTH = 16
 #: Words that get a whole-word token; anything else falls back to characters.

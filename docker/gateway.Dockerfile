@@ -1,5 +1,6 @@
-# olss-serve gateway: FastAPI + Redis client only. No torch, no diffusers: the project is
-# installed without its dependencies, then only the gateway's (docker/gateway-requirements.txt).
+# olss-serve gateway: FastAPI + Redis client only. It copies only the gateway's code (the ground
+# floor olss_core, the olss command and app) and installs the project's `gateway` extra: no torch,
+# no diffusers, no workers or schedules packages.
 #   docker build -f docker/gateway.Dockerfile -t olss-serve-gateway .
 FROM python:3.11-slim
 
@@ -11,13 +12,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     OLSS_GATEWAY_PORT=8000
 
 WORKDIR /opt/olss
-COPY docker/gateway-requirements.txt ./
-RUN pip install -r gateway-requirements.txt
-
 COPY pyproject.toml README.md ./
+COPY olss_core ./olss_core
+COPY olss_cli ./olss_cli
 COPY app ./app
-COPY schedules ./schedules
-RUN pip install --no-deps . \
+RUN pip install ".[gateway]" \
     && useradd --system --uid 10001 --no-create-home olss
 
 USER olss

@@ -25,14 +25,17 @@ RUN python -c "import torch" 2>/dev/null \
     || pip install "torch>=2.1,<3" --index-url "${TORCH_INDEX_URL}"
 
 WORKDIR /opt/olss
-# Dependencies first so that a code change does not reinstall them; the base image's torch
-# satisfies the project's torch requirement and is kept.
+# Dependencies first (the base dependencies and the `worker` extra, read from pyproject.toml) so
+# that a code change does not reinstall them; the base image's torch satisfies the extra's torch
+# requirement and is kept.
 COPY pyproject.toml ./
 RUN python -c "import subprocess, sys, tomllib; \
-deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
+project = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+deps = project['dependencies'] + project['optional-dependencies']['worker']; \
 subprocess.check_call([sys.executable, '-m', 'pip', 'install', *deps])"
 COPY README.md ./
-COPY app ./app
+COPY olss_core ./olss_core
+COPY olss_cli ./olss_cli
 COPY workers ./workers
 COPY schedules ./schedules
 RUN pip install --no-deps . \

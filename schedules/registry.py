@@ -1,8 +1,9 @@
 """Schedule registry: find a fitted OLSS schedule by model, step count and guidance scale.
 
 A registry is a folder of schedule JSON files (see :mod:`schedules.schedule_file`). The package
-ships a built-in one (``schedules/registry/``, package data); ``OLSS_SCHEDULE_DIR`` adds a
-writable one that is searched first (:meth:`ScheduleRegistry.default`). Torch-free.
+ships a built-in one (``schedules/registry/``, package data); callers add a writable one that is
+searched first (:meth:`ScheduleRegistry.default`; the service passes
+``Settings.writable_schedule_dir``). Torch-free.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from pathlib import Path
 from schedules.schedule_file import Schedule, ScheduleFileError
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "registry"
-SCHEDULE_DIR_ENV = "OLSS_SCHEDULE_DIR"
 DEFAULT_GUIDANCE_TOLERANCE = 0.5
 
 logger = logging.getLogger(__name__)
@@ -76,9 +76,7 @@ class ScheduleRegistry:
     def default(
         cls, extra_dir: str | os.PathLike[str] | None = None, **kwargs: float
     ) -> ScheduleRegistry:
-        """The writable folder (``extra_dir`` or ``$OLSS_SCHEDULE_DIR``), then the built-in one."""
-        if extra_dir is None:
-            extra_dir = os.environ.get(SCHEDULE_DIR_ENV) or None
+        """The writable folder ``extra_dir`` (if given), then the built-in one."""
         roots = [Path(extra_dir)] if extra_dir is not None else []
         return cls([*roots, BUILTIN_DIR], **kwargs)
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from app.protocol import JobSpec
+from olss_core.protocol import JobSpec
 
 
 class HasSpec(Protocol):

@@ -16,6 +16,10 @@ MODELS_DIR = Path(__file__).resolve().parent / "models"
 #: Embedded model name -> its diffusers folder inside the package.
 EMBEDDED_MODELS: dict[str, str] = {"olss-digits": str(MODELS_DIR / "olss-digits")}
 
+#: What a worker serves when ``OLSS_MODEL`` is unset: the trained ``olss-digits``, whose OLSS
+#: schedules ship in the built-in registry.
+DEFAULT_MODEL = "olss-digits"
+
 #: File in an embedded model's folder with its serving defaults.
 DEFAULTS_FILE = "olss_defaults.json"
 
@@ -28,9 +32,11 @@ class ModelDefaults:
     num_inference_steps: int | None = None
 
 
-def resolve_model(name_or_path: str) -> str:
-    """The local folder of an embedded model's name; anything else (HF id, path) unchanged."""
-    return EMBEDDED_MODELS.get(name_or_path, name_or_path)
+def resolve_model(name_or_path: str | None = None) -> str:
+    """What ``from_pretrained`` loads for a configured model: an embedded model's folder for its
+    name, anything else (hub id, local folder) unchanged; ``None`` is :data:`DEFAULT_MODEL`."""
+    name = name_or_path or DEFAULT_MODEL
+    return EMBEDDED_MODELS.get(name, name)
 
 
 def model_defaults(name_or_path: str) -> ModelDefaults:

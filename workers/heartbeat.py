@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 import redis
 
-from app.protocol import MODELS_SET, WORKERS_SET, WorkerInfo, worker_key
+from olss_core.keys import MODELS_SET, WORKERS_SET, worker_key
+from olss_core.protocol import WorkerInfo
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import torch
 from diffusers import SchedulerMixin, StableDiffusionPipeline
 from PIL import Image
 
-from app.protocol import JobSpec
+from olss_core.protocol import JobSpec
 from workers.stage_timer import StageTimer
 
 # (step done, total steps) -> True to keep going, False to stop the whole batch.

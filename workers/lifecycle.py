@@ -15,41 +15,24 @@ from enum import Enum
 
 import redis
 
-from app.protocol import (
+from olss_core.job_scripts import START
+from olss_core.job_states import JobStatus
+from olss_core.keys import (
     FINISHED_CHANNEL,
     GROUP,
-    EventType,
-    JobEvent,
-    JobRecord,
-    JobSpec,
-    JobStatus,
-    Timings,
     cancel_key,
     dead_stream,
     events_key,
     image_key,
     job_key,
     jobs_stream,
-    now,
     queued_zset,
 )
-from app.settings import Settings
+from olss_core.protocol import EventType, JobEvent, JobRecord, JobSpec, Timings, now
+from olss_core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# KEYS: job, queued zset, cancel flag.  ARGV: worker id, now, max attempts
-_START = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {'missing'} end
-if status ~= 'queued' and status ~= 'running' then return {'finished'} end
-if redis.call('EXISTS', KEYS[3]) == 1 then return {'cancel'} end
-redis.call('ZREM', KEYS[2], redis.call('HGET', KEYS[1], 'id'))
-local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-if attempts > tonumber(ARGV[3]) then return {'dead'} end
-redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[2], 'worker', ARGV[1],
-           'step', '0')
-return {'run', redis.call('HGETALL', KEYS[1])}
-"""
 
 
 class Start(Enum):
@@ -103,7 +86,7 @@ class JobLifecycle:
         self.model = model
         self.consumer = consumer
         self.stream = jobs_stream(model)
-        self._start = client.register_script(_START)
+        self._start = client.register_script(START)
         self._reclaim_cursor = "0-0"
 
     def ensure_group(self) -> None:

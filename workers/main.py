@@ -19,19 +19,18 @@ from collections.abc import Iterable
 import redis
 import torch
 
-from app import __version__
-from app.metrics import WorkerMetrics
-from app.protocol import JobSpec, Timings, WorkerInfo, now
-from app.settings import Settings
+from olss_core import __version__
+from olss_core.metrics import WorkerMetrics
+from olss_core.protocol import JobSpec, Timings, WorkerInfo, now
+from olss_core.settings import Settings
 from schedules import ScheduleRegistry, model_key
 from workers.batching import halves, images, plan_batches
-from workers.embedded_model import model_defaults
+from workers.embedded_model import DEFAULT_MODEL, model_defaults, resolve_model
 from workers.fast_path import FastPathOptions, load_pipeline, pick_device
 from workers.heartbeat import Heartbeat
 from workers.inference import BatchInterrupted, BatchOutput, InferenceEngine, StepHook
 from workers.lifecycle import ClaimedJob, Delivery, JobLifecycle, JobResult, Start
 from workers.metrics_server import MetricsServer
-from workers.model_source import DEFAULT_MODEL, ensure_dev_schedules, resolve_model
 from workers.results import ImageParameters, encode_image
 from workers.schedulers import SchedulerBank, load_model_schedules
 
@@ -80,10 +79,9 @@ class Worker:
             compile_mode=settings.compile_mode,
         )
         log.info("loading %s on %s (%s)", self.model, device, options.label)
-        source = resolve_model(self.model, settings.cache_dir)
+        source = resolve_model(self.model)
         pipe = load_pipeline(source, device, options)
         registry = ScheduleRegistry.default(settings.writable_schedule_dir)
-        ensure_dev_schedules(pipe, registry)
         key = model_key(source)
         self.bank = SchedulerBank(pipe.scheduler.config, load_model_schedules(registry, key))
         self.engine = InferenceEngine(pipe, device)

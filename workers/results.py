@@ -8,7 +8,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from pydantic import BaseModel
 
-from app.protocol import JobSpec
+from olss_core.protocol import JobSpec
 
 PNG_PARAMETERS_KEY = "parameters"
 LOSSY_QUALITY = 90

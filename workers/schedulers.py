@@ -17,7 +17,8 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from app.protocol import SCHEDULERS, ScheduleInfo
+from olss_core.protocol import ScheduleInfo
+from olss_core.samplers import SCHEDULER_NAMES
 from schedules import OLSSScheduler, Schedule, ScheduleRegistry
 
 PREFERRED_STEPS = 5
@@ -59,7 +60,7 @@ class SchedulerBank:
 
     @property
     def names(self) -> list[str]:
-        return list(SCHEDULERS)
+        return list(SCHEDULER_NAMES)
 
     def default_schedule(self, guidance_scale: float) -> ScheduleInfo | None:
         """5 steps at ``guidance_scale`` if calibrated, else the nearest to that."""

@@ -14,10 +14,10 @@ from redis.asyncio import Redis
 
 from app.errors import Unauthorized
 from app.fleet import FleetView
-from app.metrics import GatewayMetrics
 from app.notifier import FinishNotifier
 from app.queue import JobQueue
-from app.settings import Settings
+from olss_core.metrics import GatewayMetrics
+from olss_core.settings import Settings
 
 
 async def _settings(request: Request) -> Settings:

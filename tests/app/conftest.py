@@ -13,7 +13,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.protocol import ScheduleInfo, WorkerInfo, now
+from olss_core.protocol import ScheduleInfo, WorkerInfo, now
 from tests.support.redis_db import UNIT_DB, clean_db, unit_settings
 from workers.heartbeat import Heartbeat
 

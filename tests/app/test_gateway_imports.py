@@ -12,7 +12,7 @@ HEAVY = ("torch", "diffusers", "transformers")
 
 def test_importing_the_gateway_loads_no_torch_or_diffusers() -> None:
     code = (
-        "import sys, app, app.main, app.cli, app.protocol, app.metrics, app.settings\n"
+        "import sys, app, app.main, olss_cli.main, olss_core.protocol, olss_core.metrics\n"
         f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})\n"
         "print(','.join(heavy))\n"
     )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import redis
 from fastapi.testclient import TestClient
 
-from app.protocol import WorkerInfo, jobs_stream, queued_zset
+from olss_core.keys import jobs_stream, queued_zset
+from olss_core.protocol import WorkerInfo
 
 ASYNC = {"Prefer": "respond-async"}
 PROMPT = {"prompt": "a lighthouse"}

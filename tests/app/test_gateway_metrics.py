@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from app.protocol import WorkerInfo
+from olss_core.protocol import WorkerInfo
 
 
 def test_metrics_use_route_templates_and_sample_queue_depth(

@@ -9,7 +9,7 @@ import redis
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.protocol import Timings, WorkerInfo
+from olss_core.protocol import Timings, WorkerInfo
 from tests.support.redis_db import unit_settings
 from workers.lifecycle import ClaimedJob, JobLifecycle, JobResult
 from workers.results import ImageParameters, encode_image, read_parameters

@@ -6,7 +6,8 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from app.protocol import JobRecord, WorkerInfo, job_key
+from olss_core.keys import job_key
+from olss_core.protocol import JobRecord, WorkerInfo
 
 ASYNC = {"Prefer": "respond-async"}
 

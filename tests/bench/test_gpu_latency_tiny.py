@@ -29,7 +29,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     out = tmp_path_factory.mktemp("bench") / "gpu_latency.json"
     command = [
         sys.executable,
-        str(ROOT / "bench" / "gpu_latency.py"),
+        "-m",
+        "bench.gpu_latency",
         "--tiny",
         "--out",
         str(out),

@@ -14,10 +14,12 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
+from importlib.metadata import requires
 from pathlib import Path
 from typing import Any
 
 import yaml
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -220,3 +222,15 @@ def published_ports(service: dict[str, Any]) -> dict[int, int]:
             parts = str(entry).split(":")
             ports[int(parts[-1])] = int(parts[-2] if len(parts) > 1 else parts[-1])
     return ports
+
+
+def gateway_requirements() -> list[Requirement]:
+    """What ``pip install '.[gateway]'`` asks for: the base dependencies and the extra's."""
+    found = []
+    for spec in requires("olss-serve") or []:
+        requirement = Requirement(spec)
+        marker = requirement.marker
+        if marker is None or marker.evaluate({"extra": "gateway"}):
+            requirement.marker = None
+            found.append(requirement)
+    return found

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from app.settings import ENV_PREFIX, Settings, load_settings
+from olss_core.settings import ENV_PREFIX, Settings, load_settings
 from tests.deploy.deploy_files import (
     COMPOSE_FILE,
     mounts,
@@ -167,7 +167,7 @@ def test_cpu_override_runs_the_embedded_model_without_a_gpu(
     for name, service in started.items():
         reservations = service.get("deploy", {}).get("resources", {}).get("reservations", {})
         assert not reservations.get("devices"), f"{name} still reserves a GPU"
-    from workers.model_source import DEFAULT_MODEL
+    from workers.embedded_model import DEFAULT_MODEL
 
     (worker,) = worker_services(cpu_stack).values()
     settings = settings_of(worker, monkeypatch)

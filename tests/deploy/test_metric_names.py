@@ -1,7 +1,8 @@
 """Every series the dashboard and the alerts query is one the gateway and a worker export.
 
 Starts a private Redis, ``olss gateway`` restricted to the gateway image's packages (stdlib, the
-project, and docker/gateway-requirements.txt with its dependencies: what the slim image holds)
+gateway's code and the project's ``gateway`` extra with its dependencies: what the slim image
+holds)
 and ``olss worker`` on the tiny pipeline, runs one job through them, then reads both /metrics.
 """
 
@@ -20,11 +21,11 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.dev_redis import start_local_redis
+from olss_cli.dev_redis import start_local_redis
 from tests.deploy.deploy_files import (
-    DOCKER_DIR,
     alert_rules,
     dashboard_queries,
+    gateway_requirements,
     grouping_labels,
     label_matchers,
     load_dashboard,
@@ -35,7 +36,7 @@ from tests.support.processes import free_port, service_env, start_gateway, start
 pytestmark = pytest.mark.e2e
 
 # The project packages docker/gateway.Dockerfile copies (workers/ needs torch: not there).
-PROJECT_PACKAGES = {"app", "schedules"}
+PROJECT_PACKAGES = {"olss_core", "olss_cli", "app"}
 # Series Prometheus adds itself, and labels it attaches to every scraped series.
 PROMETHEUS_SERIES = {"up"}
 TARGET_LABELS = {"job", "instance", "__name__"}
@@ -92,10 +93,7 @@ def requirement_closure(requirements: list[Requirement]) -> set[str]:
 
 def gateway_image_modules() -> set[str]:
     """Top-level modules of the distributions the gateway image installs, and the project's."""
-    lines = (DOCKER_DIR / "gateway-requirements.txt").read_text().splitlines()
-    wanted = requirement_closure(
-        [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
-    )
+    wanted = requirement_closure(gateway_requirements())
     modules = {
         module for module, dists in packages_distributions().items()
         if any(canonicalize_name(d) in wanted for d in dists)

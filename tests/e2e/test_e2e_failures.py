@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.protocol import dead_stream
+from olss_core.keys import dead_stream
 from tests.e2e.conftest import FAIL_MARKER, STACK_SETTINGS
 from tests.support.jobs import submit, wait_status
 

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.protocol import JobRecord, job_key, worker_key
+from olss_core.keys import job_key, worker_key
+from olss_core.protocol import JobRecord
 from tests.support.jobs import submit, wait_for, wait_status
 from tests.support.processes import Worker, spawn_worker
 

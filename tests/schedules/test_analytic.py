@@ -10,7 +10,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
-from schedules.analytic import (
+from devtools.analytic import (
     GaussianMixtureDiffusion,
     MixtureConfig,
     alpha_bar_at,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from schedules.cli import register
+from olss_cli.schedule_commands import register
 from schedules.registry import ScheduleRegistry
 from schedules.schedule_file import Schedule
 

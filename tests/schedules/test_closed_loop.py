@@ -1,7 +1,7 @@
 """Closed-loop OLSS beats teacher-forced OLSS (and DPM-Solver++) where the latter diverges.
 
 Testbed: a 16-d, 4-class Gaussian mixture with tight components and guidance 7.5
-(:mod:`schedules.analytic`), teacher DPM-Solver++(3M) with 100 steps. The teacher-forced fit of
+(:mod:`devtools.analytic`), teacher DPM-Solver++(3M) with 100 steps. The teacher-forced fit of
 the paper (arXiv:2305.14677, Eq. 8) fits every step on the teacher's own outputs, so its errors
 compound once the schedule runs on its own outputs; the closed-loop fit trains each step on the
 schedule's own trajectory. All errors are measured on held-out noises that no fit saw.
@@ -14,8 +14,7 @@ import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler
 
-from schedules import OLSSScheduler, search
-from schedules.analytic import (
+from devtools.analytic import (
     GaussianMixtureDiffusion,
     MixtureConfig,
     ModelFn,
@@ -23,6 +22,7 @@ from schedules.analytic import (
     run_sampler,
     sd_scheduler,
 )
+from schedules import OLSSScheduler, search
 from schedules.trajectory import Trajectories
 
 GUIDANCE = 7.5

@@ -17,7 +17,8 @@ def test_quick_quality_bench_scores_every_sampler_and_olss_wins(tmp_path: Path) 
     out = tmp_path / "quality.json"
     command = [
         sys.executable,
-        str(ROOT / "bench" / "olss_quality.py"),
+        "-m",
+        "bench.olss_quality",
         "--quick",
         "--out",
         str(out),

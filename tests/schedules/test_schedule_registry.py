@@ -47,9 +47,8 @@ def test_model_key_for_local_folder_and_hub_id(tmp_path: Path, make_schedule) ->
     assert registry.get(folder, 3, 7.5).model_id == "tiny-sd"
 
 
-def test_default_searches_writable_dir_first(tmp_path: Path, monkeypatch, make_schedule) -> None:
-    monkeypatch.setenv("OLSS_SCHEDULE_DIR", str(tmp_path))
-    registry = ScheduleRegistry.default()
+def test_default_searches_writable_dir_first(tmp_path: Path, make_schedule) -> None:
+    registry = ScheduleRegistry.default(tmp_path)
     assert registry.roots == [tmp_path, BUILTIN_DIR]
     assert registry.put(make_schedule()).parent == tmp_path
     assert registry.get("tiny-sd", 3, 7.5).num_steps == 3
@@ -68,7 +67,8 @@ def test_builtin_registry_is_package_data() -> None:
 
 def test_registry_and_cli_import_without_torch() -> None:
     code = (
-        "import sys, schedules, schedules.registry, schedules.cli, schedules.schedule_file;"
+        "import sys, schedules, schedules.registry, schedules.schedule_file;"
+        "import olss_cli.schedule_commands;"
         "assert schedules.ScheduleRegistry is schedules.registry.ScheduleRegistry;"
         "bad = [m for m in ('torch', 'diffusers', 'numpy') if m in sys.modules];"
         "assert not bad, bad"

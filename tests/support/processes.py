@@ -25,7 +25,8 @@ from pathlib import Path
 import httpx
 import redis
 
-from app.protocol import WorkerInfo, worker_key
+from olss_core.keys import worker_key
+from olss_core.protocol import WorkerInfo
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GATEWAY_START_TIMEOUT_S = 30.0
@@ -113,7 +114,7 @@ def _spawn(args: list[str], env: dict[str, str], name: str) -> tuple[subprocess.
     log_path = Path(tempfile.mkstemp(prefix=f"olss-{name}-", suffix=".log")[1])
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", *args], env=env, cwd=REPO_ROOT,
+            [sys.executable, "-m", "olss_cli", *args], env=env, cwd=REPO_ROOT,
             stdout=log_file, stderr=subprocess.STDOUT,
         )
     return process, log_path

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import redis
 
-from app.settings import Settings
+from olss_core.settings import Settings
 
 REDIS_BASE = "redis://127.0.0.1:6379"
 UNIT_DB = 14

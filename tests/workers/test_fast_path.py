@@ -8,6 +8,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
+from devtools.host_sync import detect_host_syncs
 from schedules import OLSSScheduler
 from workers.fast_path import (
     FastPathOptions,
@@ -16,7 +17,6 @@ from workers.fast_path import (
     pick_device,
     warm_up,
 )
-from workers.host_sync import detect_host_syncs
 
 CPU = torch.device("cpu")
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from workers.host_sync import detect_host_syncs
+from devtools.host_sync import detect_host_syncs
 
 DEVICES = ["cpu", "meta"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.protocol import JobSpec
+from olss_core.protocol import JobSpec
 from workers.batching import halves, images, plan_batches
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
-from app.protocol import JobSpec
+from olss_core.protocol import JobSpec
 from tests.support.torch_threads import single_torch_thread
 from workers.inference import BatchInterrupted, InferenceEngine
 

@@ -13,12 +13,10 @@ import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
-from app.protocol import (
+from app.queue import JobQueue
+from olss_core.job_states import JobStatus
+from olss_core.keys import (
     GROUP,
-    JobRecord,
-    JobSpec,
-    JobStatus,
-    Timings,
     cancel_key,
     dead_stream,
     events_key,
@@ -26,8 +24,8 @@ from app.protocol import (
     jobs_stream,
     queued_zset,
 )
-from app.queue import JobQueue
-from app.settings import Settings
+from olss_core.protocol import JobRecord, JobSpec, Timings
+from olss_core.settings import Settings
 from tests.support.redis_db import UNIT_DB, clean_db, unit_settings
 from workers.lifecycle import ClaimedJob, JobLifecycle, JobResult, Start
 

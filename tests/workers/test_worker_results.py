@@ -7,7 +7,7 @@ import io
 import pytest
 from PIL import Image
 
-from app.protocol import JobSpec
+from olss_core.protocol import JobSpec
 from workers.results import ImageParameters, encode_image, read_parameters
 
 SPEC = JobSpec(

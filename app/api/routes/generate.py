@@ -19,10 +19,11 @@ from app.api.deps import (
     SettingsDep,
 )
 from app.errors import JobCanceled, JobFailed
-from app.protocol import OUTPUT_FORMATS, JobRecord, JobStatus, OutputFormat
 from app.queue import idempotency_digest
 from app.schemas import GenerateRequest, GenerateResult, ImageOut, JobAccepted, JobLinks
 from app.validation import build_job_spec
+from olss_core.job_states import JobStatus
+from olss_core.protocol import OUTPUT_FORMATS, JobRecord, OutputFormat
 
 router = APIRouter(tags=["generate"])
 

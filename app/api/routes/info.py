@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from app import __version__
 from app.api.deps import FleetDep, SettingsDep, require_api_key
-from app.protocol import OUTPUT_FORMATS
 from app.schemas import InfoView, Limits, ModelView
+from olss_core import __version__
+from olss_core.protocol import OUTPUT_FORMATS
 
 router = APIRouter(prefix="/v1", tags=["info"], dependencies=[Depends(require_api_key)])
 

@@ -11,8 +11,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from app import jobs
 from app.api.deps import BytesRedisDep, QueueDep, RedisDep, SettingsDep, require_api_key
 from app.errors import JobNotFound
-from app.protocol import JobStatus
 from app.schemas import CancelResult, JobLinks, JobView, Progress
+from olss_core.job_states import JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(require_api_key)])
 

@@ -7,7 +7,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.deps import FleetDep, MetricsDep, QueueDep, RedisDep
-from app.protocol import MODELS_SET
+from olss_core.keys import MODELS_SET
 
 router = APIRouter(tags=["metrics"])
 

@@ -1,4 +1,4 @@
-"""Every Prometheus metric of the service, declared in one place (names fixed by DESIGN.md).
+"""Every Prometheus metric of the service and every label value, declared in one place.
 
 The gateway and each worker build their own set on a per-process ``CollectorRegistry`` and
 serve it: ``GatewayMetrics`` on the gateway's ``/metrics``, ``WorkerMetrics`` on the worker's
@@ -8,13 +8,30 @@ metrics port. Label values are a small fixed set: never a job id or a prompt.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-STAGES = ("encode", "denoise", "decode", "total")
-JOB_STATUSES = ("succeeded", "failed", "canceled", "retried")
+
+
+class Stage(StrEnum):
+    """``stage`` label of ``olss_job_inference_seconds``: a batch's phases and their span."""
+
+    ENCODE = "encode"
+    DENOISE = "denoise"
+    DECODE = "decode"
+    TOTAL = "total"
+
+
+class JobOutcome(StrEnum):
+    """``status`` label of ``olss_jobs_total``: how a job left the worker."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    RETRIED = "retried"
 
 
 @dataclass(frozen=True)
@@ -82,8 +99,8 @@ class WorkerMetrics:
                 ["status"], registry=registry,
             ),
         )
-        for stage in STAGES:
+        for stage in Stage:
             metrics.inference.labels(stage=stage)
-        for status in JOB_STATUSES:
-            metrics.jobs.labels(status=status)
+        for outcome in JobOutcome:
+            metrics.jobs.labels(status=outcome)
         return metrics

@@ -1,7 +1,9 @@
 """``olss calibrate`` and ``olss schedules list|show``: argparse subcommands.
 
-``app.cli`` builds the ``olss`` parser and calls :func:`register`. This module imports neither
-torch nor diffusers at import time; the calibrate handler imports them when it runs.
+:mod:`olss_cli.main` builds the ``olss`` parser and calls :func:`register`. This module imports
+no ``schedules`` code at import time (the gateway image has none): ``list`` and ``show`` import
+the torch-free registry when run, ``calibrate`` imports torch and diffusers. The writable
+registry folder comes from ``Settings`` (``OLSS_SCHEDULE_DIR``, else the cache folder).
 """
 
 from __future__ import annotations
@@ -10,9 +12,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from schedules.registry import SCHEDULE_DIR_ENV, ScheduleNotFound, ScheduleRegistry
-from schedules.schedule_file import Schedule, ScheduleFileError
+from olss_core.settings import load_settings
+
+if TYPE_CHECKING:
+    from schedules.registry import ScheduleRegistry
+    from schedules.schedule_file import Schedule
+
+SCHEDULE_DIR_SETTING = "OLSS_SCHEDULE_DIR"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     calibrate.add_argument(
         "--out",
         type=Path,
-        help=f"registry folder to write (default: ${SCHEDULE_DIR_ENV}, else the built-in one)",
+        help=f"registry folder to write (default: ${SCHEDULE_DIR_SETTING}, else the cache folder)",
     )
     calibrate.set_defaults(func=run_calibrate)
 
@@ -54,13 +62,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = schedules.add_subparsers(dest="schedules_command", required=True)
     listing = actions.add_parser("list", help="list schedules in the registry")
     listing.add_argument(
-        "--dir", type=Path, help=f"extra registry folder (default ${SCHEDULE_DIR_ENV})"
+        "--dir", type=Path, help=f"extra registry folder (default ${SCHEDULE_DIR_SETTING})"
     )
     listing.set_defaults(func=run_list)
     show = actions.add_parser("show", help="print one schedule file")
     show.add_argument("name", help="entry name from 'olss schedules list', or a JSON file path")
     show.add_argument(
-        "--dir", type=Path, help=f"extra registry folder (default ${SCHEDULE_DIR_ENV})"
+        "--dir", type=Path, help=f"extra registry folder (default ${SCHEDULE_DIR_SETTING})"
     )
     show.set_defaults(func=run_show)
 
@@ -70,6 +78,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from diffusers import StableDiffusionPipeline
 
     from schedules.calibrate import calibrate, load_prompts
+    from schedules.registry import ScheduleRegistry
 
     prompts = load_prompts(args.prompts)
     if args.num_prompts is not None:
@@ -86,7 +95,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     pipe = StableDiffusionPipeline.from_pretrained(
         args.model, dtype=dtype, safety_checker=None, requires_safety_checker=False
     ).to(device)
-    out = args.out or ScheduleRegistry.default().writable_root
+    out = args.out or load_settings().writable_schedule_dir
     schedules = calibrate(
         pipe,
         prompts,
@@ -134,8 +143,15 @@ def summary_table(schedules: list[Schedule]) -> str:
     return "\n".join([*lines, *notes])
 
 
+def _registry(extra_dir: Path | None) -> ScheduleRegistry:
+    """The built-in registry plus ``extra_dir`` (default: the writable folder from Settings)."""
+    from schedules.registry import ScheduleRegistry
+
+    return ScheduleRegistry.default(extra_dir or load_settings().writable_schedule_dir)
+
+
 def run_list(args: argparse.Namespace) -> int:
-    registry = ScheduleRegistry.default(args.dir)
+    registry = _registry(args.dir)
     entries = registry.list()
     if not entries:
         print("no schedules in " + ", ".join(str(r) for r in registry.roots))
@@ -151,11 +167,14 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    from schedules.registry import ScheduleNotFound
+    from schedules.schedule_file import Schedule, ScheduleFileError
+
     try:
         if args.name.endswith(".json") and Path(args.name).is_file():
             schedule = Schedule.load(args.name)
         else:
-            schedule = ScheduleRegistry.default(args.dir).find(args.name)
+            schedule = _registry(args.dir).find(args.name)
     except (ScheduleNotFound, ScheduleFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

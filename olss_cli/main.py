@@ -1,7 +1,8 @@
-"""The ``olss`` command: ``gateway``, ``worker``, ``serve`` (dev all-in-one), plus the
-schedules package's ``calibrate`` and ``schedules list|show``.
+"""The ``olss`` command: ``gateway``, ``worker``, ``serve`` (dev all-in-one), ``calibrate`` and
+``schedules list|show`` (:mod:`olss_cli.schedule_commands`).
 
-Importing this module loads neither torch nor diffusers; ``olss worker`` imports them when run.
+Importing this module loads neither torch nor diffusers, nor ``app``, ``workers`` or
+``schedules``: each subcommand imports what it runs.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import subprocess
 import sys
 import time
 
-from app.settings import Settings, load_settings
-from schedules import cli as schedules_cli
+from olss_cli import schedule_commands
+from olss_core.settings import Settings, load_settings
 
 CHILD_STOP_TIMEOUT_S = 30.0
 
@@ -57,17 +58,17 @@ def run_serve(args: argparse.Namespace) -> int:
 
     Ctrl-C or SIGTERM stops the worker and the gateway, then the private Redis.
     """
-    from app.dev_redis import ensure_redis
+    from olss_cli.dev_redis import ensure_redis
 
     settings = load_settings()
     _configure_logging(settings)
     redis_server = ensure_redis(settings.redis_url)
-    gateway_cmd = [sys.executable, "-m", "app.cli", "gateway"]
+    gateway_cmd = [sys.executable, "-m", "olss_cli", "gateway"]
     if args.host:
         gateway_cmd += ["--host", args.host]
     if args.port is not None:
         gateway_cmd += ["--port", str(args.port)]
-    worker_cmd = [sys.executable, "-m", "app.cli", "worker"]
+    worker_cmd = [sys.executable, "-m", "olss_cli", "worker"]
     if args.model:
         worker_cmd += ["--model", args.model]
     children = [subprocess.Popen(gateway_cmd), subprocess.Popen(worker_cmd)]
@@ -127,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", help="worker model")
     serve.set_defaults(func=run_serve)
 
-    schedules_cli.register(commands)
+    schedule_commands.register(commands)
     return parser
 
 

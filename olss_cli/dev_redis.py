@@ -1,8 +1,8 @@
 """Make sure a real Redis server answers at a URL, starting a private one when none does.
 
-Used by ``make test`` / ``make run`` (``python -m app.dev_redis ensure``) and by ``olss serve``.
-The server is the real ``redis-server`` binary (Debian's ``redis-server`` package); it is
-never a mock.
+Used by ``make test`` / ``make run`` (``python -m olss_cli.dev_redis ensure``) and by
+``olss serve``. The server is the real ``redis-server`` binary (Debian's ``redis-server``
+package); it is never a mock.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 import redis
 
-from app.settings import load_settings
+from olss_core.settings import load_settings
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 

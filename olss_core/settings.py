@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     schedule_dir: Path | None = Field(None, description="writable schedule registry directory")
     cache_dir: Path = Field(
         Path.home() / ".cache" / "olss-serve",
-        description="built dev model and its auto-calibrated schedules",
+        description="writable schedule folder (schedules/) when OLSS_SCHEDULE_DIR is unset",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 

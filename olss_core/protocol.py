@@ -1,85 +1,22 @@
-"""The Redis protocol shared by the gateway and the workers: key names, the job record, events.
+"""The records both sides exchange through Redis: the job spec and record, events, heartbeats.
 
-Imports neither torch nor FastAPI: both sides import it.
-
-Layout (``{model}`` is a model key, ``{id}`` a job id, ``{wid}`` a worker id):
-
-==============================  ======  =====================================================
-key                             type    contents
-==============================  ======  =====================================================
-``olss:jobs:{model}``           stream  one entry per delivery, field ``job_id``; consumer group
-                                        ``olss-workers``; entries are deleted when acknowledged
-``olss:queued:{model}``         zset    job ids waiting to start, scored by enqueue time
-                                        (queue depth and queue position)
-``olss:dead:{model}``           stream  dead-lettered jobs: ``job_id``, ``reason``, ``attempts``
-``olss:job:{id}``               hash    the job record (``JobRecord``), TTL ``OLSS_JOB_TTL_S``
-``olss:events:{id}``            stream  the job's events (``JobEvent``), TTL as the record
-``olss:image:{id}:{n}``         string  image ``n``'s encoded bytes, TTL as the record
-``olss:cancel:{id}``            string  set when a cancel was asked for, TTL as the record
-``olss:idem:{hash}``            string  job id for an Idempotency-Key, TTL as the record
-``olss:models``                 set     model keys that have had a worker (for queue depth)
-``olss:workers``                set     worker ids that have sent a heartbeat
-``olss:worker:{wid}``           string  the worker's ``WorkerInfo`` JSON, TTL
-                                        ``OLSS_HEARTBEAT_TTL_S``: present means alive
-``olss:finished``               pubsub  a job id, published when the job reaches a final state
-                                        (wakes sync waiters; the record stays the truth)
-==============================  ======  =====================================================
+Imports neither torch nor FastAPI. Key names are in :mod:`olss_core.keys`, statuses and
+transitions in :mod:`olss_core.job_states`.
 """
 
 from __future__ import annotations
 
 import time
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-PREFIX = "olss"
-GROUP = "olss-workers"
-WORKERS_SET = f"{PREFIX}:workers"
-MODELS_SET = f"{PREFIX}:models"
-FINISHED_CHANNEL = f"{PREFIX}:finished"
+from olss_core.job_states import JobStatus
+from olss_core.samplers import OLSS, SchedulerName
 
-SCHEDULERS = ("olss", "dpmsolver++", "unipc", "ddim", "euler")
-SchedulerName = Literal["olss", "dpmsolver++", "unipc", "ddim", "euler"]
 OUTPUT_FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 OutputFormat = Literal["png", "jpeg", "webp"]
-
-
-def jobs_stream(model: str) -> str:
-    return f"{PREFIX}:jobs:{model}"
-
-
-def queued_zset(model: str) -> str:
-    return f"{PREFIX}:queued:{model}"
-
-
-def dead_stream(model: str) -> str:
-    return f"{PREFIX}:dead:{model}"
-
-
-def job_key(job_id: str) -> str:
-    return f"{PREFIX}:job:{job_id}"
-
-
-def events_key(job_id: str) -> str:
-    return f"{PREFIX}:events:{job_id}"
-
-
-def image_key(job_id: str, index: int) -> str:
-    return f"{PREFIX}:image:{job_id}:{index}"
-
-
-def cancel_key(job_id: str) -> str:
-    return f"{PREFIX}:cancel:{job_id}"
-
-
-def idempotency_key(digest: str) -> str:
-    return f"{PREFIX}:idem:{digest}"
-
-
-def worker_key(worker_id: str) -> str:
-    return f"{PREFIX}:worker:{worker_id}"
 
 
 def now() -> float:
@@ -87,19 +24,7 @@ def now() -> float:
     return time.time()
 
 
-class JobStatus(str, Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELED = "canceled"
-
-    @property
-    def finished(self) -> bool:
-        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
-
-
-class EventType(str, Enum):
+class EventType(StrEnum):
     QUEUED = "queued"
     STARTED = "started"
     STEP = "step"
@@ -123,7 +48,7 @@ class JobSpec(BaseModel):
     guidance_scale: float
     seed: int
     num_images: int = 1
-    scheduler: SchedulerName = "olss"
+    scheduler: SchedulerName = OLSS
     output_format: OutputFormat = "png"
 
     @property

@@ -77,7 +77,7 @@ def _caller() -> str:
     """``file:line function`` of the innermost frame that is not in torch or this module."""
     for frame in reversed(traceback.extract_stack()[:-2]):
         path = frame.filename.replace("\\", "/")
-        if "/torch/" in path or path.endswith("/workers/host_sync.py"):
+        if "/torch/" in path or path.endswith("/devtools/host_sync.py"):
             continue
         short = "/".join(path.split("/")[-2:])
         return f"{short}:{frame.lineno} {frame.name}"
