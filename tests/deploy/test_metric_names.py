@@ -31,7 +31,8 @@ from tests.deploy.deploy_files import (
     load_dashboard,
     series_names,
 )
-from tests.support.processes import free_port, service_env, start_gateway, start_worker
+from tests.support.ports import free_port
+from tests.support.processes import service_env, start_gateway, start_worker
 
 pytestmark = pytest.mark.e2e
 

@@ -2,7 +2,7 @@
 
 Reusable outside the service tests (e.g. a deployment test reading ``/metrics``)::
 
-    env = service_env(redis_url="redis://127.0.0.1:6379/15", schedule_dir=..., model=...)
+    env = service_env(redis_url=redis_url(E2E_DB), schedule_dir=..., model=...)
     with start_worker(env) as worker, start_gateway(env) as gateway:
         httpx.get(gateway.url + "/metrics"); httpx.get(worker.metrics_url)
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,18 +26,12 @@ import redis
 
 from olss_core.keys import worker_key
 from olss_core.protocol import WorkerInfo
+from tests.support.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GATEWAY_START_TIMEOUT_S = 30.0
 WORKER_START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 30.0
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def service_env(
