@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from olss_core.protocol import ScheduleInfo, WorkerInfo, now
-from tests.support.redis_db import UNIT_DB, clean_db, unit_settings
+from tests.support.redis_db import unit_settings
 from workers.heartbeat import Heartbeat
 
 MODEL = "tiny-sd"
@@ -22,12 +22,6 @@ SCHEDULES = [
     ScheduleInfo(name=f"{MODEL}__{steps}steps__cfg7.5__paper", steps=steps, guidance_scale=7.5)
     for steps in (4, 5)
 ]
-
-
-@pytest.fixture()
-def db() -> Iterator[redis.Redis]:
-    with clean_db(UNIT_DB) as client:
-        yield client
 
 
 @pytest.fixture()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -26,17 +25,11 @@ from olss_core.keys import (
 )
 from olss_core.protocol import JobRecord, JobSpec, Timings
 from olss_core.settings import Settings
-from tests.support.redis_db import UNIT_DB, clean_db, unit_settings
+from tests.support.redis_db import unit_settings
 from workers.lifecycle import ClaimedJob, JobLifecycle, JobResult, Start
 
 MODEL = "tiny-sd"
 LEASE_MS = 200
-
-
-@pytest.fixture()
-def db() -> Iterator[redis.Redis]:
-    with clean_db(UNIT_DB) as client:
-        yield client
 
 
 @pytest.fixture()
