@@ -63,19 +63,17 @@ async def get_image(redis_bytes: Redis, job_id: str, index: int) -> bytes:
 
 async def follow_events(
     redis: Redis, job_id: str, after: str = "0", timeout_s: float = 3600.0
-) -> AsyncIterator[StoredEvent | None]:
+) -> AsyncIterator[StoredEvent]:
     """Every event after stream id ``after``, then new ones as they come, until ``finished``.
 
-    Yields ``None`` after each idle wait of ``EVENT_BLOCK_MS`` (SSE sends a keep-alive), and
-    stops after ``timeout_s`` without a finished event. A late reader still sees every event:
-    they are kept in the job's events stream until its TTL.
+    Blocks up to ``EVENT_BLOCK_MS`` per read and stops after ``timeout_s`` without a finished
+    event. A late reader still sees every event: they are kept in the job's events stream until
+    its TTL.
     """
     deadline = time.monotonic() + timeout_s
     key = events_key(job_id)
     while (left_ms := int((deadline - time.monotonic()) * 1000)) > 0:
         reply = await redis.xread({key: after}, count=100, block=min(EVENT_BLOCK_MS, left_ms))
-        if not reply:
-            yield None
         for _, entries in reply:
             for entry_id, fields in entries:
                 after = entry_id

@@ -15,12 +15,14 @@ import time
 from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 
 from olss_core.keys import FINISHED_CHANNEL
 
 POLL_S = 1.0
-RESUBSCRIBE_S = 1.0
+RESUBSCRIBE_BACKOFF = ExponentialWithJitterBackoff(base=0.05, cap=5.0)
+"""Wait before resubscribing after the n-th failure in a row (redis-py's backoff)."""
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +45,18 @@ class FinishNotifier:
                 await self._task
 
     async def _listen(self) -> None:
+        failures = 0
         while True:
             try:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(FINISHED_CHANNEL)
+                    failures = 0
                     async for message in pubsub.listen():
                         self._wake(message["data"])
             except RedisError as error:
+                failures += 1
                 log.warning("finish notices unavailable, polling meanwhile: %s", error)
-                await asyncio.sleep(RESUBSCRIBE_S)
+                await asyncio.sleep(RESUBSCRIBE_BACKOFF.compute(failures))
 
     def _wake(self, job_id: str) -> None:
         for future in self._waiters.pop(job_id, ()):

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from olss_core.job_states import JobStatus
 from olss_core.protocol import OutputFormat, ScheduleInfo, Timings
-from olss_core.samplers import SchedulerName
+from olss_core.samplers import OLSS, SchedulerName
 
 MAX_SEED = 2**32 - 1
 
@@ -28,7 +28,7 @@ class GenerateRequest(BaseModel):
     guidance_scale: float | None = Field(None, ge=0, description="default: the schedule's")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="random when absent")
     num_images: int = Field(1, ge=1, description="limited to OLSS_MAX_NUM_IMAGES")
-    scheduler: SchedulerName = "olss"
+    scheduler: SchedulerName = OLSS
     output_format: OutputFormat | None = Field(None, description="default: from Accept, else png")
     model: str | None = Field(None, description="default: OLSS_MODEL or the one model served")
 

@@ -11,7 +11,9 @@ import secrets
 from app.errors import InvalidRequest
 from app.fleet import Fleet
 from app.schemas import MAX_SEED, GenerateRequest
+from olss_core.guidance import nearest_guidance
 from olss_core.protocol import JobSpec, OutputFormat, ScheduleInfo, WorkerInfo
+from olss_core.samplers import OLSS
 from olss_core.settings import Settings
 
 
@@ -56,13 +58,15 @@ def _describe(schedules: list[ScheduleInfo]) -> str:
 def pick_schedule(
     worker: WorkerInfo, steps: int | None, guidance: float | None
 ) -> ScheduleInfo:
-    """The calibrated OLSS schedule for ``steps`` and ``guidance`` (defaults: the model's)."""
+    """The calibrated OLSS schedule for ``steps`` and ``guidance`` (defaults: the model's).
+
+    Guidance matches by the one rule of :func:`olss_core.guidance.nearest_guidance`.
+    """
     default = next((s for s in worker.schedules if s.name == worker.default_schedule), None)
-    matches = [
-        s for s in worker.schedules
-        if (steps is None or s.steps == steps)
-        and (guidance is None or abs(s.guidance_scale - guidance) < 1e-6)
-    ]
+    matches = [s for s in worker.schedules if steps is None or s.steps == steps]
+    if guidance is not None:
+        nearest = nearest_guidance({s.guidance_scale for s in matches}, guidance)
+        matches = [s for s in matches if s.guidance_scale == nearest]
     if not matches:
         asked = {"steps": steps, "guidance_scale": guidance}
         fields = " and ".join(name for name, value in asked.items() if value is not None)
@@ -85,7 +89,7 @@ def build_job_spec(
     """Validate ``body`` against the limits and the model's worker; resolve every default."""
     check_limits(body, settings)
     worker = fleet.find(body.model or settings.model)
-    if body.scheduler == "olss":
+    if body.scheduler == OLSS:
         schedule = pick_schedule(worker, body.steps, body.guidance_scale)
         steps, guidance = schedule.steps, schedule.guidance_scale
     else:

@@ -69,7 +69,7 @@ redis.call('EXPIRE', KEYS[4], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
 redis.call('XADD', KEYS[3], '*', $JOB_FIELD, ARGV[1])
 if ARGV[5] == '1' then redis.call('SET', KEYS[5], ARGV[1], 'EX', ARGV[3]) end
-return {'queued', ARGV[1]}
+return {'new', ARGV[1]}
 """)
 
 CANCEL = _lua("""

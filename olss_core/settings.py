@@ -26,62 +26,91 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     # Infrastructure
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    model: str | None = Field(
-        None, description="worker: model id or local folder (default: the embedded dev model); "
-        "gateway: default model for requests that name none"
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Redis for jobs, events, images and heartbeats"
     )
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
-    schedule_dir: Path | None = Field(None, description="writable schedule registry directory")
+    model: str | None = Field(
+        None, description="worker: hub id, local diffusers folder or embedded name (default "
+        "olss-digits); gateway: the model of requests that name none"
+    )
+    device: str = Field("auto", description="worker: auto (CUDA when present), cpu, cuda or cuda:N")
+    schedule_dir: Path | None = Field(
+        None, description="writable schedule registry, searched before the built-in one"
+    )
     cache_dir: Path = Field(
         Path.home() / ".cache" / "olss-serve",
-        description="writable schedule folder (schedules/) when OLSS_SCHEDULE_DIR is unset",
+        description="worker cache; holds the writable schedule registry when OLSS_SCHEDULE_DIR "
+        "is unset",
     )
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="log level of every process"
+    )
 
     # Gateway
-    gateway_host: str = "127.0.0.1"
-    gateway_port: int = Field(8000, ge=0, le=65535)
+    gateway_host: str = Field("127.0.0.1", description="gateway: address to listen on")
+    gateway_port: int = Field(8000, ge=0, le=65535, description="gateway: port to listen on")
     api_keys: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="comma-separated bearer keys; empty = no auth"
+        default_factory=list, description="gateway: comma-separated bearer keys; empty = no auth"
     )
-    max_queue_depth: int = Field(256, ge=1, description="queued (not yet started) jobs per model")
-    sync_timeout_s: float = Field(60.0, gt=0, description="sync POST /generate waits this long")
+    max_queue_depth: int = Field(
+        256, ge=1, description="gateway: queued (not yet started) jobs per model before 429"
+    )
+    sync_timeout_s: float = Field(
+        60.0, gt=0, description="gateway: a sync POST /generate waits this long, then 202"
+    )
 
     # Jobs and queue
     job_ttl_s: int = Field(3600, ge=10, description="job record, images and events expire after")
     max_attempts: int = Field(3, ge=1, description="deliveries before the dead-letter stream")
-    lease_ms: int = Field(30_000, ge=100, description="a job idle this long is claimed again")
+    lease_ms: int = Field(
+        30_000, ge=100, description="a job whose worker is silent this long is claimed again"
+    )
 
     # Worker
-    worker_id: str | None = Field(None, description="default: hostname-pid")
-    max_batch_size: int = Field(8, ge=1, description="images per batch")
-    max_batch_wait_ms: int = Field(10, ge=0, description="wait this long to fill a batch")
-    heartbeat_ttl_s: float = Field(10.0, gt=0)
-    worker_metrics_host: str = "127.0.0.1"
-    worker_metrics_port: int = Field(9400, ge=0, le=65535, description="0 = pick a free port")
+    worker_id: str | None = Field(None, description="worker: its id (default hostname-pid)")
+    max_batch_size: int = Field(8, ge=1, description="worker: images per batch")
+    max_batch_wait_ms: int = Field(
+        10, ge=0, description="worker: wait this long for more jobs to fill a batch"
+    )
+    heartbeat_ttl_s: float = Field(
+        10.0, gt=0, description="worker: a heartbeat older than this means the worker is gone"
+    )
+    worker_metrics_host: str = Field("127.0.0.1", description="worker: /metrics address")
+    worker_metrics_port: int = Field(
+        9400, ge=0, le=65535, description="worker: /metrics port (0 picks a free one)"
+    )
     torch_threads: int | None = Field(
-        None, ge=1, description="CPU threads for torch (default: torch's own choice)"
+        None, ge=1, description="worker: CPU threads for torch (default: torch's own choice)"
     )
 
     # Worker fast path (workers/fast_path.py); unset = the device's default (on for CUDA)
-    fp16: bool | None = Field(None, description="fp16 weights and activations")
-    sdpa: bool | None = Field(None, description="PyTorch scaled-dot-product attention")
-    channels_last: bool | None = Field(None, description="channels-last UNet and VAE")
-    compile: bool | None = Field(
-        None, description="torch.compile the UNet and VAE decoder during warm-up (default off)"
+    fp16: bool | None = Field(
+        None, description="worker: fp16 weights and activations (default: on for CUDA)"
     )
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    sdpa: bool | None = Field(
+        None, description="worker: PyTorch scaled-dot-product attention (default: on)"
+    )
+    channels_last: bool | None = Field(
+        None, description="worker: channels-last UNet and VAE (default: on for CUDA)"
+    )
+    compile: bool | None = Field(
+        None, description="worker: torch.compile the UNet and VAE decoder in warm-up (default off)"
+    )
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field(
+        "default", description="worker: the torch.compile mode"
+    )
 
     # Request limits
-    max_prompt_chars: int = Field(1000, ge=1)
-    min_size: int = Field(16, ge=8)
-    max_width: int = Field(1024, ge=8)
-    max_height: int = Field(1024, ge=8)
-    max_steps: int = Field(150, ge=1)
-    max_num_images: int = Field(4, ge=1)
-    max_guidance_scale: float = Field(30.0, gt=0)
-    default_sampler_steps: int = Field(25, ge=1, description="steps for non-OLSS schedulers")
+    max_prompt_chars: int = Field(1000, ge=1, description="limit: characters per prompt")
+    min_size: int = Field(16, ge=8, description="limit: smallest width or height")
+    max_width: int = Field(1024, ge=8, description="limit: largest width")
+    max_height: int = Field(1024, ge=8, description="limit: largest height")
+    max_steps: int = Field(150, ge=1, description="limit: most denoising steps")
+    max_num_images: int = Field(4, ge=1, description="limit: most images per request")
+    max_guidance_scale: float = Field(30.0, gt=0, description="limit: largest guidance scale")
+    default_sampler_steps: int = Field(
+        25, ge=1, description="steps for the diffusers samplers when a request names none"
+    )
 
     # Testing only: fault injection and slow-down for the service tests; keep unset in production.
     test_step_delay_ms: int = Field(0, ge=0, description="testing: sleep this long per step")

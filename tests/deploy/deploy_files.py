@@ -234,3 +234,37 @@ def gateway_requirements() -> list[Requirement]:
             requirement.marker = None
             found.append(requirement)
     return found
+
+
+@dataclass(frozen=True)
+class Instruction:
+    keyword: str
+    args: str
+
+
+def instructions(dockerfile: Path) -> list[Instruction]:
+    """The Dockerfile's instructions, continuation lines joined and comments dropped."""
+    logical, current = [], ""
+    for line in dockerfile.read_text().splitlines():
+        if not current and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        current += line.rstrip()
+        if current.endswith("\\"):
+            current = current[:-1] + " "
+            continue
+        logical.append(current.strip())
+        current = ""
+    found = []
+    for line in logical:
+        keyword, _, args = line.partition(" ")
+        found.append(Instruction(keyword.upper(), args.strip()))
+    return found
+
+
+def copied_sources(dockerfile: Path) -> list[str]:
+    """Every source path the Dockerfile's COPY instructions name, in order."""
+    return [
+        source
+        for step in instructions(dockerfile) if step.keyword == "COPY"
+        for source in step.args.split()[:-1] if not source.startswith("--")
+    ]

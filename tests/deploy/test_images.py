@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from tests.deploy.deploy_files import (
     DOCKER_DIR,
     ROOT,
     gateway_requirements,
+    instructions,
     load_yaml,
 )
 
@@ -29,31 +29,6 @@ GATEWAY_DOCKERFILE = DOCKER_DIR / "gateway.Dockerfile"
 WORKER_DOCKERFILE = DOCKER_DIR / "worker.Dockerfile"
 HEAVY_PACKAGES = {"torch", "diffusers", "transformers", "safetensors", "accelerate"}
 GATEWAY_CODE = {"olss_core", "olss_cli", "app"}
-
-
-@dataclass(frozen=True)
-class Instruction:
-    keyword: str
-    args: str
-
-
-def instructions(dockerfile: Path) -> list[Instruction]:
-    """The Dockerfile's instructions, continuation lines joined and comments dropped."""
-    logical, current = [], ""
-    for line in dockerfile.read_text().splitlines():
-        if not current and (not line.strip() or line.lstrip().startswith("#")):
-            continue
-        current += line.rstrip()
-        if current.endswith("\\"):
-            current = current[:-1] + " "
-            continue
-        logical.append(current.strip())
-        current = ""
-    found = []
-    for line in logical:
-        keyword, _, args = line.partition(" ")
-        found.append(Instruction(keyword.upper(), args.strip()))
-    return found
 
 
 def base_image(dockerfile: Path) -> str:

@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from app import jobs
 from app.api.deps import BytesRedisDep, QueueDep, RedisDep, SettingsDep, require_api_key
@@ -64,30 +65,28 @@ async def cancel_job(job_id: JobId, queue: QueueDep) -> JSONResponse:
     return JSONResponse(body.model_dump(mode="json"), status_code=202)
 
 
-@router.get("/{job_id}/events", response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}}})
+async def _existing_job(job_id: JobId, redis: RedisDep) -> str:
+    """The job id, or 404 before any stream starts."""
+    await jobs.get_record(redis, job_id)
+    return job_id
+
+
+@router.get("/{job_id}/events", response_class=EventSourceResponse)
 async def job_events(
-    job_id: JobId,
+    job_id: Annotated[str, Depends(_existing_job)],
     redis: RedisDep,
     settings: SettingsDep,
     last_event_id: Annotated[str | None, Header(pattern=r"^\d+-\d+$")] = None,
-) -> StreamingResponse:
+) -> AsyncIterator[ServerSentEvent]:
     """Server-Sent Events: queued, started, step (i of k), finished. Replays from the start
-    (or after ``Last-Event-ID``), then follows until ``finished``."""
-    await jobs.get_record(redis, job_id)
-
-    async def stream() -> AsyncIterator[str]:
-        events = jobs.follow_events(
-            redis, job_id, after=last_event_id or "0", timeout_s=settings.job_ttl_s
-        )
-        async for stored in events:
-            if stored is None:
-                yield ": keep-alive\n\n"
-                continue
-            data = stored.event.model_dump_json(exclude_none=True)
-            yield f"id: {stored.id}\nevent: {stored.event.type.value}\ndata: {data}\n\n"
-
-    return StreamingResponse(
-        stream(), media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    (or after ``Last-Event-ID``), then follows until ``finished``; idle streams get keep-alive
+    comments (FastAPI's ``EventSourceResponse``)."""
+    events = jobs.follow_events(
+        redis, job_id, after=last_event_id or "0", timeout_s=settings.job_ttl_s
     )
+    async for stored in events:
+        yield ServerSentEvent(
+            id=stored.id,
+            event=stored.event.type.value,
+            raw_data=stored.event.model_dump_json(exclude_none=True),
+        )

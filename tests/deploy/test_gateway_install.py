@@ -1,0 +1,72 @@
+"""The gateway image's recipe works without a Docker engine: what docker/gateway.Dockerfile
+copies, installed with the ``gateway`` extra alone into a fresh venv, serves without torch.
+
+This installs from the package index (as the image build does), so it needs the network that
+``make test`` already needs to install the project.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.deploy_files import DOCKER_DIR, ROOT, copied_sources, instructions
+
+pytestmark = pytest.mark.e2e
+GATEWAY_DOCKERFILE = DOCKER_DIR / "gateway.Dockerfile"
+IMPORT_CHECK = """
+import importlib.util, sys
+import app.main, olss_cli.main, olss_core.protocol
+for name in ("torch", "diffusers", "transformers", "workers", "schedules", "devtools"):
+    assert importlib.util.find_spec(name) is None, f"{name} is installed in the gateway image"
+app.main.create_app()
+print("gateway ok")
+"""
+
+
+@pytest.fixture(scope="module")
+def gateway_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv with the Dockerfile's sources installed as its RUN line installs them."""
+    work = tmp_path_factory.mktemp("gateway-image")
+    context = work / "opt-olss"
+    context.mkdir()
+    for source in copied_sources(GATEWAY_DOCKERFILE):
+        path = ROOT / source
+        if path.is_dir():
+            shutil.copytree(path, context / path.name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(path, context / path.name)
+    venv = work / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    (install,) = [s.args for s in instructions(GATEWAY_DOCKERFILE) if s.keyword == "RUN"]
+    pip_args = shlex.split(install.split("&&")[0])
+    assert pip_args[:2] == ["pip", "install"], install
+    done = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *pip_args[2:]],
+        cwd=context, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return venv
+
+
+def test_the_gateway_extra_alone_serves_without_torch(gateway_venv: Path, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [str(gateway_venv / "bin" / "python"), "-c", IMPORT_CHECK],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "gateway ok" in done.stdout
+
+
+def test_the_olss_command_runs_in_the_gateway_image(gateway_venv: Path, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [str(gateway_venv / "bin" / "olss"), "--help"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "gateway" in done.stdout
