@@ -2,15 +2,15 @@
 
 For held-out (prompt, seed) pairs that no schedule was fitted on, every sampler starts from the
 same unit noise and runs the standard diffusers loop on the same classifier-free-guided UNet
-(:class:`schedules.calibrate.GuidedModel`). Two numbers per sampler and step count:
+(:class:`schedules.calibration.GuidedModel`). Two numbers per sampler and step count:
 
 * relative L2 error ``||x - x_ref|| / ||x_ref||`` of the final latents against a 200-step DDIM
-  reference (:func:`schedules.validation.relative_error`, over all pairs);
+  reference (:func:`schedules.heldout.relative_error`, over all pairs);
 * accuracy of the digit classifier of :mod:`bench.digits_eval` on the decoded images.
 
 OLSS rows (Duan et al., arXiv:2305.14677): ``closed-loop`` (the registry's schedules when present,
 else fitted here), ``paper`` and ``uniform`` (OLSS-P), fitted here by
-:func:`schedules.calibrate.calibrate` with the same prompts, teacher and seed as the shipped
+:func:`schedules.calibration.calibrate` with the same prompts, teacher and seed as the shipped
 schedules. Peers: DDIM, Euler, DPM-Solver++(2M), UniPC and DEIS from the model's scheduler config.
 
     .venv/bin/python -m bench.digits_quality --out bench/results/digits_quality.json
@@ -19,6 +19,7 @@ schedules. Peers: DDIM, Euler, DPM-Solver++(2M), UniPC and DEIS from the model's
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -29,27 +30,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import (
-    DDIMScheduler,
-    DEISMultistepScheduler,
-    DPMSolverMultistepScheduler,
-    EulerDiscreteScheduler,
-    StableDiffusionPipeline,
-    UniPCMultistepScheduler,
-)
+from diffusers import DDIMScheduler, DEISMultistepScheduler, StableDiffusionPipeline
 
 from bench.digits_eval import EvalCase, accuracy, eval_cases
+from schedules.samplers import build_sampler
+from schedules.schedule_file import Method
 
 PEERS: dict[str, Callable[[dict[str, Any]], Any]] = {
-    "DDIM": lambda config: DDIMScheduler.from_config(config),
-    "Euler": lambda config: EulerDiscreteScheduler.from_config(config),
-    "DPM-Solver++(2M)": lambda config: DPMSolverMultistepScheduler.from_config(
-        config, algorithm_type="dpmsolver++", solver_order=2
-    ),
-    "UniPC": lambda config: UniPCMultistepScheduler.from_config(config),
-    "DEIS": lambda config: DEISMultistepScheduler.from_config(config),
+    "DDIM": functools.partial(build_sampler, "ddim"),
+    "Euler": functools.partial(build_sampler, "euler"),
+    "DPM-Solver++(2M)": functools.partial(build_sampler, "dpmsolver++"),
+    "UniPC": functools.partial(build_sampler, "unipc"),
+    "DEIS": DEISMultistepScheduler.from_config,
 }
-OLSS_METHODS = ("closed-loop", "paper", "uniform")
+OLSS_METHODS = tuple(Method)
 DEFAULT_STEPS = (4, 5, 6, 8, 10)
 REFERENCE_STEPS = 200
 HELDOUT_SEED_OFFSET = 50_000
@@ -112,12 +106,12 @@ def olss_schedules(
     num_validation: int,
     teacher: str,
     seed: int,
-    methods: Sequence[str] = OLSS_METHODS,
+    methods: Sequence[Method] = OLSS_METHODS,
 ) -> dict[str, dict[int, Any]]:
     """Schedules per method and step count: closed-loop from the registry if it has them all,
-    everything else fitted with :func:`schedules.calibrate.calibrate`."""
+    everything else fitted with :func:`schedules.calibration.calibrate`."""
     from schedules import ScheduleNotFound, ScheduleRegistry
-    from schedules.calibrate import calibrate
+    from schedules.calibration import CalibrationConfig, calibrate
 
     registry = ScheduleRegistry.default()
     found: dict[str, dict[int, Any]] = {}
@@ -130,18 +124,15 @@ def olss_schedules(
                 continue
             except ScheduleNotFound:
                 pass
-        fitted = calibrate(
-            pipe,
-            prompts,
+        config = CalibrationConfig(
             num_steps=list(steps),
             teacher=teacher,
             guidance_scale=guidance_scale,
             seed=seed,
             num_validation=num_validation,
-            model_id=model,
             method=method,
-            progress=False,
         )
+        fitted = calibrate(pipe, prompts, config, model_id=model, progress=False)
         found[method] = {s.num_steps: s for s in fitted}
     return found
 
@@ -176,8 +167,9 @@ def digits_table(
             ``calibration_prompts.txt``).
         num_validation, teacher, seed: as for ``olss calibrate``.
     """
-    from schedules.calibrate import GuidedModel, load_prompts
-    from schedules.validation import relative_error, run_sampler
+    from schedules.calibration import GuidedModel, load_prompts
+    from schedules.heldout import relative_error
+    from schedules.sampling import run_sampler
     from workers.embedded_model import model_defaults, resolve_model
 
     start = time.perf_counter()
@@ -210,12 +202,12 @@ def digits_table(
         ]
     )
 
-    reference = run_sampler(DDIMScheduler.from_config(config), noise, REFERENCE_STEPS, model_fn)
+    reference = run_sampler(DDIMScheduler.from_config(config), model_fn, noise, REFERENCE_STEPS)
     reference_accuracy = accuracy(decode(pipe, reference), digits)
     rows: list[Row] = []
 
     def measure(name: str, scheduler: Any, k: int) -> None:
-        final = run_sampler(scheduler, noise, k, model_fn)
+        final = run_sampler(scheduler, model_fn, noise, k)
         rows.append(
             Row(name, k, relative_error(final, reference), accuracy(decode(pipe, final), digits))
         )

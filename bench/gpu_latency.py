@@ -8,7 +8,7 @@ What runs (full mode, about 5-7 minutes on an H100 by estimate; not measured yet
 
     python -m bench.gpu_latency --out bench/results/gpu_latency.json
 
-* The model has Stable Diffusion 1.5's architecture, built from configs written here (UNet
+* The model has Stable Diffusion 1.5's architecture, built from :mod:`devtools.sd_configs` (UNet
   859.5M parameters, VAE 83.7M, CLIP ViT-L/14 text encoder 123.1M) with random weights, so
   nothing is downloaded. The compute cost equals the real model's; the images are noise.
 * Samplers, each with classifier-free guidance (the UNet runs on a doubled batch): OLSS at 5 and
@@ -56,118 +56,23 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
-    DPMSolverMultistepScheduler,
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from devtools.host_sync import HostSync, detect_host_syncs
+from devtools.sd_configs import SD15, SD_DDIM_CONFIG, SD_TOKENIZER_MAX_LENGTH, TINY, ArchSpec
+from schedules.samplers import build_sampler
 from workers.fast_path import FastPathOptions, apply_fast_path, compile_models, pick_device
 from workers.stage_timer import StageTimer
 
 PROMPT = "a photograph of an astronaut riding a horse on the moon"
 GUIDANCE_SCALE = 7.5
-TOKENIZER_MAX_LENGTH = 77
 OPTIMISATIONS = ("fp16", "sdpa", "channels_last", "compile")
 ALL_OFF = FastPathOptions(fp16=False, sdpa=False, channels_last=False, compile=False)
-SD_SCHEDULER_CONFIG: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-    "prediction_type": "epsilon",
-}
-
 
 # --------------------------------------------------------------------------- model
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    """A Stable Diffusion architecture: the three models' configs and the image size."""
-
-    name: str
-    resolution: int
-    unet: dict[str, Any]
-    vae: dict[str, Any]
-    text: dict[str, Any]
-
-
-SD15 = ArchSpec(
-    name="sd15-architecture-random-weights",
-    resolution=512,
-    unet={
-        "sample_size": 64,
-        "in_channels": 4,
-        "out_channels": 4,
-        "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        "block_out_channels": (320, 640, 1280, 1280),
-        "layers_per_block": 2,
-        "cross_attention_dim": 768,
-        "attention_head_dim": 8,
-        "norm_num_groups": 32,
-    },
-    vae={
-        "in_channels": 3,
-        "out_channels": 3,
-        "down_block_types": ("DownEncoderBlock2D",) * 4,
-        "up_block_types": ("UpDecoderBlock2D",) * 4,
-        "block_out_channels": (128, 256, 512, 512),
-        "layers_per_block": 2,
-        "latent_channels": 4,
-        "norm_num_groups": 32,
-        "sample_size": 512,
-        "scaling_factor": 0.18215,
-    },
-    text={
-        "vocab_size": 49408,
-        "hidden_size": 768,
-        "intermediate_size": 3072,
-        "num_hidden_layers": 12,
-        "num_attention_heads": 12,
-        "max_position_embeddings": TOKENIZER_MAX_LENGTH,
-        "hidden_act": "quick_gelu",
-        "projection_dim": 768,
-    },
-)
-
-# Two levels instead of four keep the module count (CPU time is mostly per-module overhead) low.
-TINY = ArchSpec(
-    name="tiny-sd-architecture-random-weights",
-    resolution=32,
-    unet={
-        **SD15.unet,
-        "sample_size": 16,
-        "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
-        "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
-        "block_out_channels": (32, 64),
-        "layers_per_block": 1,
-        "cross_attention_dim": 32,
-        "norm_num_groups": 8,
-    },
-    vae={
-        **SD15.vae,
-        "down_block_types": ("DownEncoderBlock2D",) * 2,
-        "up_block_types": ("UpDecoderBlock2D",) * 2,
-        "block_out_channels": (16, 32),
-        "layers_per_block": 1,
-        "norm_num_groups": 8,
-        "sample_size": 32,
-    },
-    text={
-        **SD15.text,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "projection_dim": 32,
-    },
-)
 
 
 def build_pipeline(
@@ -181,7 +86,7 @@ def build_pipeline(
     """
     from devtools.tiny_pipeline import write_byte_level_tokenizer
 
-    tokenizer = write_byte_level_tokenizer(work_dir / "tokenizer", TOKENIZER_MAX_LENGTH)
+    tokenizer = write_byte_level_tokenizer(work_dir / "tokenizer", SD_TOKENIZER_MAX_LENGTH)
     vocab = len(tokenizer.get_vocab())
     torch.manual_seed(seed)
     if device.type == "cuda":
@@ -202,7 +107,7 @@ def build_pipeline(
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=DDIMScheduler(**SD_SCHEDULER_CONFIG),
+        scheduler=DDIMScheduler(**SD_DDIM_CONFIG),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -257,14 +162,14 @@ def fit_bench_schedules(steps: Sequence[int], spec: ArchSpec) -> dict[int, Any]:
     testbed at guidance 7.5, with SD's noise schedule. The weights here are random, so the
     coefficients' quality is irrelevant; a step costs one UNet call whatever they are.
     """
-    from devtools.analytic import GaussianMixtureDiffusion, record_teacher, sd_scheduler
+    from devtools.analytic import GaussianMixtureDiffusion, record_trajectories
     from schedules import search
 
     testbed = GaussianMixtureDiffusion()
     labels = torch.arange(64) % testbed.config.num_classes
     noise = torch.randn(64, testbed.dim, generator=torch.Generator().manual_seed(0))
-    teacher = sd_scheduler(DDIMScheduler, **SD_SCHEDULER_CONFIG)
-    traj = record_teacher(
+    teacher = DDIMScheduler(**SD_DDIM_CONFIG)
+    traj = record_trajectories(
         teacher, testbed.model_fn(labels, GUIDANCE_SCALE), noise.double(), num_inference_steps=50
     ).with_metadata(
         model_id=spec.name,
@@ -279,11 +184,7 @@ def make_scheduler(sampler: Sampler, schedules: dict[int, Any]) -> Any:
         from schedules import OLSSScheduler
 
         return OLSSScheduler.from_schedule(schedules[sampler.steps])
-    if sampler.kind == "dpmsolver++":
-        return DPMSolverMultistepScheduler.from_config(
-            SD_SCHEDULER_CONFIG, algorithm_type="dpmsolver++", solver_order=2
-        )
-    return DDIMScheduler.from_config(SD_SCHEDULER_CONFIG)
+    return build_sampler(sampler.kind, SD_DDIM_CONFIG)
 
 
 # --------------------------------------------------------------------------- one generation
@@ -535,7 +436,7 @@ def _denoise_only(
 ) -> None:
     """The denoising loop of :func:`generate` (CFG, batch 1) with stand-in text embeddings."""
     dtype = unet.dtype
-    embeds = torch.zeros(2, TOKENIZER_MAX_LENGTH, hidden_size, device=device, dtype=dtype)
+    embeds = torch.zeros(2, SD_TOKENIZER_MAX_LENGTH, hidden_size, device=device, dtype=dtype)
     size = unet.config.sample_size
     scheduler.set_timesteps(num_steps, device=device)
     generator = torch.Generator("cpu").manual_seed(seed)

@@ -48,16 +48,15 @@ from diffusers import (
 from devtools.analytic import (
     GaussianMixtureDiffusion,
     MixtureConfig,
-    ModelFn,
     ays_timesteps,
-    record_teacher,
-    run_sampler,
-    sd_scheduler,
+    record_trajectories,
 )
-from schedules import OLSSScheduler, search
+from devtools.sd_configs import sd_scheduler
+from schedules import Method, OLSSScheduler, search
 from schedules.gram import gram_matrix
+from schedules.sampling import ModelFn, run_sampler
 
-OLSS_METHODS = ("closed-loop", "paper", "uniform")
+OLSS_METHODS = tuple(Method)
 SPACINGS = ("leading", "linspace", "trailing")
 ERROR_CAP = 1e3
 
@@ -219,7 +218,7 @@ def evaluate_case(
     reference_check = mean_relative_error(reference(2), ref)
 
     teacher, teacher_kwargs = teacher_scheduler(cfg.teacher)
-    traj = record_teacher(teacher, cal_fn, cal_noise, **teacher_kwargs)
+    traj = record_trajectories(teacher, cal_fn, cal_noise, **teacher_kwargs)
     teacher_error = mean_relative_error(
         run_sampler(teacher, ho_fn, ho_noise, **teacher_kwargs), ref
     )

@@ -1,11 +1,12 @@
 """OLSS path search time: Gram-matrix search vs a plain ``torch.linalg.lstsq`` search.
 
 Both run the paper's search (bisection on the error bound D with a greedy walk, Duan et al.,
-arXiv:2305.14677) through the same code (:func:`schedules.search.paper_path`) with the same
+arXiv:2305.14677) through the same code (:func:`schedules.paper_search.paper_path`) with the same
 per-prefix cache; only the candidate scorer differs:
 
 * Gram: one float64 pass builds the Gram matrix of all recorded vectors, then each greedy step
-  is one tiny solve for every candidate target at once (:class:`schedules.search.GramFitter`).
+  is one tiny solve for every candidate target at once
+  (:class:`schedules.paper_search.GramFitter`).
 * lstsq: each greedy step solves ``torch.linalg.lstsq`` over the raw data (N x latent elements
   rows) for every candidate target.
 
@@ -28,36 +29,28 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler
 
+from devtools.sd_configs import SD_DDIM_CONFIG
 from schedules.gram import gram_matrix
-from schedules.search import GramFitter, paper_path
-from schedules.trajectory import Trajectories
+from schedules.paper_search import GramFitter, paper_path
+from schedules.sampling import run_sampler
+from schedules.trajectory import Trajectories, TrajectoryRecorder
 
 
 def synthetic_trajectories(n: int, latent: tuple[int, ...], steps: int, seed: int) -> Trajectories:
     """A DDIM-like run in float32: ``e = 0.9 eps_true(x) + 0.1 tanh(2 x)``, then a DDIM step."""
-    teacher = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    teacher.set_timesteps(steps)
+    teacher = DDIMScheduler(**SD_DDIM_CONFIG)
     g = torch.Generator().manual_seed(seed)
     clean = torch.randn(n, *latent, generator=g).cumsum(-1) / latent[-1] ** 0.5  # smooth "images"
-    x = torch.randn(n, *latent, generator=g)
-    samples = torch.empty(steps + 1, n, *latent)
-    outputs = torch.empty(steps, n, *latent)
-    samples[0] = x
-    for i, t in enumerate(teacher.timesteps):
-        ab = float(teacher.alphas_cumprod[int(t)])
+    noise = torch.randn(n, *latent, generator=g)
+
+    def model_fn(x: torch.Tensor, t: int) -> torch.Tensor:
+        ab = float(teacher.alphas_cumprod[t])
         eps = (x - ab**0.5 * clean) / (1 - ab) ** 0.5
-        e = 0.9 * eps + 0.1 * torch.tanh(2 * x)
-        outputs[i] = e
-        x = teacher.step(e, t, x).prev_sample
-        samples[i + 1] = x
-    return Trajectories(samples, outputs, teacher.timesteps.to(torch.float64))
+        return 0.9 * eps + 0.1 * torch.tanh(2 * x)
+
+    recorder = TrajectoryRecorder(teacher)
+    run_sampler(recorder, model_fn, noise, steps)
+    return recorder.trajectories()
 
 
 class LstsqFitter:

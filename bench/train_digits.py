@@ -70,17 +70,12 @@ from bench.digits_eval import (
     generation_accuracy,
     load_digits_arrays,
 )
+from devtools.sd_configs import SD_DDIM_CONFIG, SD_NOISE_SCHEDULE
 from devtools.tiny_pipeline import _bytes_to_unicode
 
 TOKENIZER_MAX_LENGTH = 16
 #: Words that get a whole-word token; anything else falls back to characters.
 EXTRA_WORDS = ("numeral", "picture", "drawn", "write", "draw", "show", "me", "please", "of", "in")
-SCHEDULER_KWARGS = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -324,7 +319,7 @@ def train_unet(
 
     Returns the mean loss of the last 100 steps and the EMA of both models' parameters.
     """
-    noise_scheduler = DDPMScheduler(**SCHEDULER_KWARGS)
+    noise_scheduler = DDPMScheduler(**SD_NOISE_SCHEDULE)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -421,9 +416,7 @@ def main(argv: list[str] | None = None) -> None:
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=DDIMScheduler(
-            **SCHEDULER_KWARGS, clip_sample=False, set_alpha_to_one=False, steps_offset=1
-        ),
+        scheduler=DDIMScheduler(**SD_DDIM_CONFIG),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

@@ -12,29 +12,22 @@ perturbation kernel), so the "model" here is exact and costs microseconds. Class
 guidance combines the conditional and unconditional predictions as
 ``eps_u + g (eps_c - eps_u)`` (Ho & Salimans, 2022, eq. 6).
 
-The noise schedule is Stable Diffusion's scaled-linear one. Everything is float64.
+The noise schedule is Stable Diffusion's scaled-linear one (:mod:`devtools.sd_configs`).
+Everything is float64.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-NUM_TRAIN_TIMESTEPS = 1000
-SD_BETA_START = 0.00085
-SD_BETA_END = 0.012
-SD_SCHEDULER_CONFIG: dict[str, Any] = {
-    "num_train_timesteps": NUM_TRAIN_TIMESTEPS,
-    "beta_start": SD_BETA_START,
-    "beta_end": SD_BETA_END,
-    "beta_schedule": "scaled_linear",
-}
-
-ModelFn = Callable[[torch.Tensor, Any], torch.Tensor]
+from devtools.sd_configs import SD_BETA_END, SD_BETA_START, SD_NUM_TRAIN_TIMESTEPS
+from schedules.sampling import ModelFn, run_sampler
+from schedules.trajectory import Trajectories, TrajectoryRecorder
 
 
 def sd_alphas_cumprod(dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -43,7 +36,7 @@ def sd_alphas_cumprod(dtype: torch.dtype = torch.float64) -> torch.Tensor:
         torch.linspace(
             math.sqrt(SD_BETA_START),
             math.sqrt(SD_BETA_END),
-            NUM_TRAIN_TIMESTEPS,
+            SD_NUM_TRAIN_TIMESTEPS,
             dtype=torch.float64,
         )
         ** 2
@@ -223,7 +216,8 @@ class GaussianMixtureDiffusion:
         return (uncond + guidance * (cond - uncond)).reshape(x.shape)
 
     def model_fn(self, labels: torch.Tensor, guidance: float) -> ModelFn:
-        """``model_fn(sample, timestep)`` as in DESIGN.md: the guided output for the N examples.
+        """``model_fn(sample, timestep)`` (:data:`schedules.sampling.ModelFn`): the guided output
+        for the N examples.
 
         ``sample`` is the scheduler's model input (VP space); example ``i`` is class ``labels[i]``.
         The output has ``sample``'s shape and dtype.
@@ -239,51 +233,30 @@ class GaussianMixtureDiffusion:
 
         return fn
 
+    def iid_model_fn(self, sample: torch.Tensor, timestep: Any) -> torch.Tensor:
+        """Unconditional exact ``eps`` for samples of any shape made of i.i.d. draws.
 
-def sd_scheduler(cls: type, **overrides: Any) -> Any:
-    """A diffusers scheduler of class ``cls`` with Stable Diffusion's betas plus ``overrides``."""
-    return cls(**{**SD_SCHEDULER_CONFIG, **overrides})
-
-
-def run_sampler(
-    scheduler: Any,
-    model_fn: ModelFn,
-    noise: torch.Tensor,
-    num_inference_steps: int | None = None,
-    timesteps: Sequence[int] | None = None,
-) -> torch.Tensor:
-    """Run any diffusers scheduler with the standard loop and return the final sample.
-
-    ``set_timesteps(n)`` (or ``set_timesteps(timesteps=...)``, as AYS needs), then
-    ``x = noise * init_noise_sigma``; per timestep: ``scale_model_input``, model, ``step``.
-    """
-    if (num_inference_steps is None) == (timesteps is None):
-        raise ValueError("give exactly one of num_inference_steps and timesteps")
-    if timesteps is not None:
-        scheduler.set_timesteps(timesteps=list(timesteps))
-    else:
-        scheduler.set_timesteps(num_inference_steps)
-    x = noise * scheduler.init_noise_sigma
-    for t in scheduler.timesteps:
-        model_input = scheduler.scale_model_input(x, t)
-        out = model_fn(model_input, t)
-        x = scheduler.step(out, t, x).prev_sample
-    return x
+        Every run of ``dim`` consecutive elements is one draw from the mixture, so
+        ``log p_t`` is a sum over draws and the score (hence ``eps``) is taken draw by draw.
+        With ``dim=1`` every element is a draw: any sample shape works. The output has
+        ``sample``'s shape and dtype.
+        """
+        draws = sample.reshape(-1, self.dim)
+        return self.eps(draws, timestep).reshape(sample.shape).to(sample.dtype)
 
 
-def record_teacher(
+def record_trajectories(
     teacher_scheduler: Any,
     model_fn: ModelFn,
     noise: torch.Tensor,
     num_inference_steps: int | None = None,
     timesteps: Sequence[int] | None = None,
-) -> Any:
+) -> Trajectories:
     """Run ``teacher_scheduler`` under ``TrajectoryRecorder`` (float64) and return its trajectories.
 
-    Give the teacher's step count, or its explicit ``timesteps`` (as :func:`run_sampler`).
+    Give the teacher's step count, or its explicit ``timesteps``
+    (as :func:`schedules.sampling.run_sampler`).
     """
-    from schedules import TrajectoryRecorder
-
     recorder = TrajectoryRecorder(teacher_scheduler, dtype=torch.float64)
     run_sampler(recorder, model_fn, noise, num_inference_steps, timesteps)
     return recorder.trajectories()

@@ -1,9 +1,9 @@
 """A tiny Stable Diffusion pipeline built from configs, offline, with random weights.
 
 It has Stable Diffusion's architecture (CLIP text encoder, ``AutoencoderKL``,
-``UNet2DConditionModel``) at a size that runs in milliseconds on a CPU. Tests, the CPU
-benchmarks and ``olss serve`` (until a trained default model exists) use it. The tokenizer is a
-byte-level CLIP BPE with no merges, written from a local vocabulary, so nothing is downloaded.
+``UNet2DConditionModel``; :data:`devtools.sd_configs.TINY`) at a size that runs in milliseconds
+on a CPU, for the tests and the CPU benchmarks. The tokenizer is a byte-level CLIP BPE with no
+merges, written from a local vocabulary, so nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from devtools.sd_configs import SD_DDIM_CONFIG, TINY
 
 TOKENIZER_MAX_LENGTH = 16
 
@@ -65,36 +67,9 @@ def build_tiny_pipeline(work_dir: Path, seed: int = 0) -> StableDiffusionPipelin
             pad_token_id=tokenizer.pad_token_id,
         )
     )
-    unet = UNet2DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(16, 32),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=32,
-    )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    unet = UNet2DConditionModel(**TINY.unet)
+    vae = AutoencoderKL(**TINY.vae)
+    scheduler = DDIMScheduler(**SD_DDIM_CONFIG)
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,

@@ -77,7 +77,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from schedules.calibrate import calibrate, load_prompts
+    from schedules.calibration import CalibrationConfig, calibrate, load_prompts
     from schedules.registry import ScheduleRegistry
 
     prompts = load_prompts(args.prompts)
@@ -96,9 +96,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         args.model, dtype=dtype, safety_checker=None, requires_safety_checker=False
     ).to(device)
     out = args.out or load_settings().writable_schedule_dir
-    schedules = calibrate(
-        pipe,
-        prompts,
+    config = CalibrationConfig(
         num_steps=args.steps,
         teacher=args.teacher,
         guidance_scale=args.guidance,
@@ -106,11 +104,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
         num_validation=args.num_validation,
         height=args.height,
         width=args.width,
-        model_id=args.model,
         batch_size=args.batch_size,
         method=args.method,
         max_paths=args.max_paths,
     )
+    schedules = calibrate(pipe, prompts, config, model_id=args.model)
     registry = ScheduleRegistry(out)
     paths = [registry.put(schedule) for schedule in schedules]
     print(summary_table(schedules))

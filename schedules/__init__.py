@@ -3,6 +3,7 @@
 Public API (imported lazily, PEP 562, so ``import schedules.registry`` stays torch-free)::
 
     from schedules import OLSSScheduler, Schedule, ScheduleRegistry, TrajectoryRecorder, search
+    from schedules import CalibrationConfig, Method, calibrate
 """
 
 from __future__ import annotations
@@ -11,15 +12,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from schedules.calibrate import calibrate
+    from schedules.calibration import CalibrationConfig, calibrate
+    from schedules.olss_search import search
     from schedules.registry import ScheduleNotFound, ScheduleRegistry, model_key
-    from schedules.schedule_file import Schedule, ScheduleFileError
+    from schedules.schedule_file import Method, Schedule, ScheduleFileError
     from schedules.scheduler import OLSSScheduler
-    from schedules.search import search
     from schedules.trajectory import Trajectories, TrajectoryRecorder
 
 _EXPORTS = {
     "OLSSScheduler": "schedules.scheduler",
+    "Method": "schedules.schedule_file",
     "Schedule": "schedules.schedule_file",
     "ScheduleFileError": "schedules.schedule_file",
     "ScheduleRegistry": "schedules.registry",
@@ -27,11 +29,14 @@ _EXPORTS = {
     "model_key": "schedules.registry",
     "TrajectoryRecorder": "schedules.trajectory",
     "Trajectories": "schedules.trajectory",
-    "search": "schedules.search",
-    "calibrate": "schedules.calibrate",
+    "search": "schedules.olss_search",
+    "calibrate": "schedules.calibration",
+    "CalibrationConfig": "schedules.calibration",
 }
 
 __all__ = [
+    "CalibrationConfig",
+    "Method",
     "OLSSScheduler",
     "Schedule",
     "ScheduleFileError",

@@ -22,22 +22,13 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
-from schedules.gram import (
-    DEFAULT_MAX_COEF,
-    DEFAULT_RCOND,
-    GramMatrix,
-    design_indices,
-    solve_from_gram,
-)
+from schedules.gram import DEFAULT_MAX_COEF
+from schedules.sampling import ModelFn
 from schedules.trajectory import Trajectories
-
-ModelFn = Callable[[torch.Tensor, Any], Any]
-"""``model_fn(sample, timestep) -> guided model output`` for the N examples, in recorded order."""
 
 CONDITION_CAP = 1e300
 DEFAULT_SVD_RCOND = 1e-10
@@ -122,48 +113,40 @@ def solve_columns(
     return StepFit(w, error, min(condition, CONDITION_CAP), valid)
 
 
+StepSolver = Callable[[list[int], int], StepFit]
+"""``solve(prefix, target)``: the step whose path so far is ``prefix = [p_0, ..., p_i]``, fitted
+on ``[x_0, e_{p_0}, ..., e_{p_i}]`` against the teacher sample ``x_target``."""
+
+
+def fit_teacher_forced(path: Sequence[int], num_teacher_steps: int, solve: StepSolver) -> PathFit:
+    """The paper's fit (Eq. 8) of one path, one ``solve`` per step: step i on the teacher's
+    outputs ``e_{p_0..p_i}``, targeting ``x_{p_{i+1}}`` (``p_k = T``)."""
+    path = check_path(path, num_teacher_steps)
+    targets = [*path[1:], num_teacher_steps]
+    steps = [solve(path[: i + 1], target) for i, target in enumerate(targets)]
+    return PathFit(
+        path,
+        [step.weights for step in steps],
+        [step.relative_error for step in steps],
+        [step.condition_number for step in steps],
+        all(step.valid for step in steps),
+    )
+
+
 def teacher_forced_fit(
     traj: Trajectories,
     path: Sequence[int],
     rcond: float = DEFAULT_SVD_RCOND,
     max_coef: float = DEFAULT_MAX_COEF,
 ) -> PathFit:
-    """The paper's fit (Eq. 8) of one path: step i on the teacher's outputs ``e_{p_0..p_i}``."""
-    T = traj.num_steps
-    path = check_path(path, T)
-    targets = [*path[1:], T]
-    flat = [traj.samples[0].reshape(-1), *(traj.outputs[p].reshape(-1) for p in path)]
-    coefficients, errors, conditions, valid = [], [], [], True
-    for i in range(len(path)):
-        step = solve_columns(
-            torch.stack(flat[: i + 2]), traj.samples[targets[i]], rcond=rcond, max_coef=max_coef
-        )
-        coefficients.append(step.weights)
-        errors.append(step.relative_error)
-        conditions.append(step.condition_number)
-        valid &= step.valid
-    return PathFit(path, coefficients, errors, conditions, valid)
+    """The paper's fit (Eq. 8) of one path, solved on the recorded data."""
 
+    def solve(prefix: list[int], target: int) -> StepFit:
+        columns = [traj.samples[0], *(traj.outputs[p] for p in prefix)]
+        design = torch.stack([column.reshape(-1) for column in columns])
+        return solve_columns(design, traj.samples[target], rcond=rcond, max_coef=max_coef)
 
-def teacher_forced_fit_gram(
-    gram: GramMatrix,
-    path: Sequence[int],
-    rcond: float = DEFAULT_RCOND,
-    max_coef: float = DEFAULT_MAX_COEF,
-) -> PathFit:
-    """The same teacher-forced fit from Gram entries only (fast; accurate to ~sqrt(eps))."""
-    T = gram.num_steps
-    path = check_path(path, T)
-    targets = [*path[1:], T]
-    coefficients, errors, conditions, valid = [], [], [], True
-    for i in range(len(path)):
-        design = design_indices(gram, path, i)
-        sol = solve_from_gram(gram, design, [gram.x(targets[i])], rcond=rcond, max_coef=max_coef)
-        coefficients.append(sol.weights[:, 0])
-        errors.append(float(sol.relative_errors[0]))
-        conditions.append(min(sol.condition_number, CONDITION_CAP))
-        valid &= bool(sol.valid[0])
-    return PathFit(path, coefficients, errors, conditions, valid)
+    return fit_teacher_forced(path, traj.num_steps, solve)
 
 
 def closed_loop_fit(

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from schedules.schedule_file import Schedule, ScheduleFileError
+from schedules.schedule_file import Method, Schedule, ScheduleFileError
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "registry"
 DEFAULT_GUIDANCE_TOLERANCE = 0.5
@@ -49,7 +49,7 @@ class RegistryEntry:
     model: str
     steps: int
     guidance: float
-    method: str
+    method: Method
     path: Path
 
 
@@ -121,7 +121,11 @@ class ScheduleRegistry:
         raise ScheduleNotFound(f"no schedule named {name!r}; available: {self._available()}")
 
     def get(
-        self, model: str | os.PathLike[str], steps: int, guidance: float, method: str | None = None
+        self,
+        model: str | os.PathLike[str],
+        steps: int,
+        guidance: float,
+        method: Method | str | None = None,
     ) -> Schedule:
         """The schedule for ``model`` with exactly ``steps`` steps and the nearest guidance.
 
@@ -145,10 +149,10 @@ class ScheduleRegistry:
                 f"{guidance:g} (tolerance {self.guidance_tolerance:g}"
                 f"{', method ' + method if method else ''}); available: {self._available()}"
             )
-        preference = {"closed-loop": 0, "paper": 1, "uniform": 2}
+        preference = list(Method)
         best = min(
             matches,
-            key=lambda e: (abs(e.guidance - guidance), preference.get(e.method, 3)),
+            key=lambda e: (abs(e.guidance - guidance), preference.index(e.method)),
         )
         return Schedule.load(best.path)
 

@@ -1,35 +1,105 @@
-"""One fitted OLSS schedule as a typed dataclass, stored as a validated JSON file.
+"""One fitted OLSS schedule as typed dataclasses, stored as a validated JSON file.
 
 A schedule is what OLSS (Duan et al., "Optimal Linear Subspace Search", CIKM 2023,
 arXiv:2305.14677) learns: k timesteps ``t_{p_0} > ... > t_{p_{k-1}}`` and, for each step i, the
 i+2 coefficients of Eq. (7), ``x_{i+1} = w_{i,0} x_init + sum_{j<=i} w_{i,j+1} e_j``.
 
-This module imports neither torch nor diffusers (json and the standard library only), so a
-torch-free process can read and list schedule files. Files are JSON, never pickle; ``load``
-validates every field and raises :class:`ScheduleFileError` naming the file and the problem.
+The dataclasses are pydantic dataclasses: constructing one, or loading a file, validates every
+field, and a bad value raises :class:`ScheduleFileError` naming the file (or class), the field
+path and the problem. Files are JSON, never pickle. This module imports neither torch, numpy nor
+diffusers, so a torch-free process can read and list schedule files.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
-import math
 import os
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, field, fields, replace
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    ConfigDict,
+    Field,
+    Strict,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
 
 FORMAT_VERSION = 1
-METHODS = ("closed-loop", "paper", "uniform")
+
+
+class Method(StrEnum):
+    """How a schedule was fitted (:func:`schedules.olss_search.search`)."""
+
+    CLOSED_LOOP = "closed-loop"
+    """Candidate paths fitted on the schedule's own samples; the best one wins (default)."""
+    PAPER = "paper"
+    """The paper's bisection on the error bound with a greedy walk (Sec. 3.3), teacher-forced."""
+    UNIFORM = "uniform"
+    """OLSS-P: evenly spaced teacher steps, teacher-forced."""
 
 
 class ScheduleFileError(ValueError):
     """A schedule file (or dict) is malformed; the message names the file and the problem."""
 
+    @classmethod
+    def from_validation(cls, source: str, error: ValidationError) -> ScheduleFileError:
+        """``<source>: invalid schedule: <field path>: <problem>; ...`` from pydantic's errors."""
+        problems = "; ".join(dict.fromkeys(_problem(e) for e in error.errors(include_url=False)))
+        return cls(f"{source}: invalid schedule: {problems}")
 
-@dataclass(frozen=True)
+
+def _problem(error: Any) -> str:
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"]).lstrip(".")
+    if error["type"] == "missing":
+        return f"missing field {where}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
+
+
+_T = TypeVar("_T")
+
+
+def _file_errors(cls: type[_T]) -> type[_T]:
+    """Make constructing ``cls`` raise :class:`ScheduleFileError` rather than pydantic's error."""
+    validate = cls.__init__
+    names = [f.name for f in fields(cls)]
+
+    @functools.wraps(validate)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        if len(args) > len(names):
+            raise TypeError(f"{cls.__name__} takes {len(names)} arguments, got {len(args)}")
+        try:  # positional arguments by name, so that errors name the field
+            validate(self, **dict(zip(names, args, strict=False)), **kwargs)
+        except ValidationError as error:
+            raise ScheduleFileError.from_validation(f"<{cls.__name__}>", error) from None
+
+    cls.__init__ = __init__  # type: ignore[misc]
+    return cls
+
+
+PositiveInt = Annotated[int, Strict(), Field(gt=0)]
+FiniteFloat = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+NonNegativeFloat = Annotated[float, Strict(), Field(ge=0)]
+"""A number >= 0: NaN fails, infinity passes (an error or a condition number may be inf)."""
+Timestep = StrictInt | FiniteFloat
+"""Integral timesteps stay ints (DDIM), others floats (Karras sigmas)."""
+_EXACT = ConfigDict(extra="forbid")
+
+
+@_file_errors
+@dataclass(frozen=True, config=_EXACT)
 class TeacherInfo:
     """The teacher sampler the schedule was distilled from.
 
@@ -39,12 +109,13 @@ class TeacherInfo:
         num_steps: T, the number of teacher steps recorded.
     """
 
-    scheduler_class: str
+    scheduler_class: StrictStr
     config: dict[str, Any]
-    num_steps: int
+    num_steps: PositiveInt
 
 
-@dataclass(frozen=True)
+@_file_errors
+@dataclass(frozen=True, config=_EXACT)
 class HeldoutReport:
     """Final-sample error on examples the fit did not see (relative RMS vs the teacher).
 
@@ -57,13 +128,30 @@ class HeldoutReport:
         note: plain-language verdict, saying so when OLSS is not the best.
     """
 
-    num_examples: int
-    olss_error: float
-    peer_errors: dict[str, float]
-    best: str
-    note: str
+    num_examples: StrictInt
+    olss_error: NonNegativeFloat
+    peer_errors: dict[str, NonNegativeFloat]
+    best: StrictStr
+    note: StrictStr
 
 
+@_file_errors
+@dataclass(frozen=True)
+class Candidate:
+    """One path the closed-loop search tried and its final closed-loop error.
+
+    Args:
+        name: where the path came from (``"paper"``, ``"uniform"``, ``"power2"``, ``"refine"``...).
+        path: its teacher step indices.
+        error: final relative error of its closed-loop fit; ``None`` when not finite.
+    """
+
+    name: StrictStr
+    path: list[StrictInt]
+    error: FiniteFloat | None
+
+
+@_file_errors
 @dataclass(frozen=True)
 class FitReport:
     """How well the fit went.
@@ -74,22 +162,30 @@ class FitReport:
             ``x_{p_{i+1}}`` on the fitting examples (the last entry is the final-sample error).
         condition_numbers: per step, condition number of the (column-scaled) normal matrix.
         heldout: error on held-out examples vs the teacher and peer samplers, if validated.
-        candidates: for closed-loop search, the final closed-loop error of every path tried.
+        candidates: for closed-loop search, every path tried with its final closed-loop error.
         warnings: plain-language problems with the fit (e.g. very large coefficients).
     """
 
-    path: list[int]
-    step_errors: list[float]
-    condition_numbers: list[float]
+    path: list[StrictInt]
+    step_errors: list[NonNegativeFloat]
+    condition_numbers: list[NonNegativeFloat]
     heldout: HeldoutReport | None = None
-    candidates: list[dict[str, Any]] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
+    warnings: list[StrictStr] = field(default_factory=list)
+
+    @field_validator("path")
+    @classmethod
+    def _path_starts_at_zero_and_increases(cls, path: list[int]) -> list[int]:
+        if not path or path[0] != 0 or any(b <= a for a, b in itertools.pairwise(path)):
+            raise ValueError(f"must be strictly increasing teacher steps from 0, got {path}")
+        return path
 
     @property
     def final_error(self) -> float:
         return self.step_errors[-1]
 
 
+@_file_errors
 @dataclass(frozen=True)
 class Schedule:
     """A fitted k-step OLSS schedule (see the module docstring for the math).
@@ -103,29 +199,66 @@ class Schedule:
         timesteps: the k model timesteps ``t_{p_i}``, strictly decreasing.
         coefficients: ragged; row i holds the i+2 weights ``w_{i,0..i+1}``.
         init_noise_sigma: scale of the recorded initial sample relative to unit noise.
-        method: ``"closed-loop"``, ``"paper"`` or ``"uniform"``.
+        method: how it was fitted (a :class:`Method` or its value).
         fit_report: per-step errors, condition numbers, held-out validation.
         created_at: ISO-8601 UTC creation time.
         format_version: file format version (:data:`FORMAT_VERSION`).
     """
 
-    model_id: str
+    model_id: Annotated[str, Strict(), Field(min_length=1)]
     teacher: TeacherInfo
-    guidance_scale: float
-    resolution: tuple[int, int] | None
-    num_examples: int
-    timesteps: list[int | float]
-    coefficients: list[list[float]]
-    init_noise_sigma: float
-    method: str
+    guidance_scale: FiniteFloat
+    resolution: tuple[PositiveInt, PositiveInt] | None
+    num_examples: PositiveInt
+    timesteps: Annotated[list[Timestep], Field(min_length=1)]
+    coefficients: list[list[FiniteFloat]]
+    init_noise_sigma: Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
+    method: Method
     fit_report: FitReport
-    created_at: str = field(
+    created_at: StrictStr = field(
         default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds")
     )
-    format_version: int = FORMAT_VERSION
+    format_version: Literal[1] = FORMAT_VERSION
 
-    def __post_init__(self) -> None:
-        _validate(self.to_dict(), source="<Schedule>")
+    @model_validator(mode="before")
+    @classmethod
+    def _files_state_version_and_date(cls, data: Any) -> Any:
+        """A file (a dict) must say its format version and creation time; the constructor
+        defaults them."""
+        if isinstance(data, dict):
+            missing = [name for name in ("format_version", "created_at") if name not in data]
+            if missing:
+                raise ValueError(f"missing field(s) {', '.join(missing)}")
+        return data
+
+    @field_validator("timesteps")
+    @classmethod
+    def _timesteps_decrease(cls, timesteps: list[int | float]) -> list[int | float]:
+        for i, (before, after) in enumerate(itertools.pairwise(timesteps), start=1):
+            if not after < before:
+                raise ValueError(
+                    f"must be strictly decreasing, but timesteps[{i}]={after} "
+                    f">= timesteps[{i - 1}]={before}"
+                )
+        return timesteps
+
+    @model_validator(mode="after")
+    def _one_ragged_row_and_report_entry_per_step(self) -> Schedule:
+        k = len(self.timesteps)
+        if len(self.coefficients) != k:
+            raise ValueError(
+                f"coefficients must have one row per timestep ({k}), got {len(self.coefficients)}"
+            )
+        for i, row in enumerate(self.coefficients):
+            if len(row) != i + 2:
+                raise ValueError(
+                    f"coefficients[{i}] must hold {i + 2} numbers (ragged rows), got {len(row)}"
+                )
+        report = self.fit_report
+        for name in ("path", "step_errors", "condition_numbers"):
+            if len(getattr(report, name)) != k:
+                raise ValueError(f"fit_report.{name} must be a list of {k} entries")
+        return self
 
     def __len__(self) -> int:
         return len(self.timesteps)
@@ -147,6 +280,7 @@ class Schedule:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["resolution"] = list(self.resolution) if self.resolution is not None else None
+        data["method"] = self.method.value
         return data
 
     def to_json(self) -> str:
@@ -164,30 +298,10 @@ class Schedule:
     @classmethod
     def from_dict(cls, data: Any, source: str = "<dict>") -> Schedule:
         """Validate ``data`` and build a schedule; :class:`ScheduleFileError` if it is bad."""
-        _validate(data, source)
-        report = data["fit_report"]
-        heldout = report.get("heldout")
-        return cls(
-            model_id=data["model_id"],
-            teacher=TeacherInfo(**data["teacher"]),
-            guidance_scale=float(data["guidance_scale"]),
-            resolution=tuple(data["resolution"]) if data["resolution"] is not None else None,
-            num_examples=int(data["num_examples"]),
-            timesteps=list(data["timesteps"]),
-            coefficients=[[float(c) for c in row] for row in data["coefficients"]],
-            init_noise_sigma=float(data["init_noise_sigma"]),
-            method=data["method"],
-            fit_report=FitReport(
-                path=list(report["path"]),
-                step_errors=[float(e) for e in report["step_errors"]],
-                condition_numbers=[float(c) for c in report["condition_numbers"]],
-                heldout=HeldoutReport(**heldout) if heldout is not None else None,
-                candidates=list(report.get("candidates", [])),
-                warnings=list(report.get("warnings", [])),
-            ),
-            created_at=data["created_at"],
-            format_version=int(data["format_version"]),
-        )
+        try:
+            return _SCHEDULE.validate_python(data)
+        except ValidationError as error:
+            raise ScheduleFileError.from_validation(source, error) from None
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Schedule:
@@ -204,123 +318,8 @@ class Schedule:
         return cls.from_dict(data, source=str(path))
 
 
+_SCHEDULE = TypeAdapter(Schedule)
+
+
 def _reject_constant(name: str) -> float:
     raise ValueError(f"non-finite number {name} is not allowed")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _finite(value: Any) -> bool:
-    return _is_number(value) and math.isfinite(value)
-
-
-def _validate(data: Any, source: str) -> None:
-    """Check every field of a schedule dict; raise :class:`ScheduleFileError` at the first error."""
-
-    def fail(problem: str) -> NoReturn:
-        raise ScheduleFileError(f"{source}: invalid schedule: {problem}")
-
-    if not isinstance(data, dict):
-        fail(f"expected a JSON object, got {type(data).__name__}")
-    version = data.get("format_version")
-    if version != FORMAT_VERSION:
-        fail(f"format_version is {version!r}; this code reads version {FORMAT_VERSION}")
-    required = [
-        "model_id",
-        "teacher",
-        "guidance_scale",
-        "resolution",
-        "num_examples",
-        "timesteps",
-        "coefficients",
-        "init_noise_sigma",
-        "method",
-        "fit_report",
-        "created_at",
-    ]
-    missing = [key for key in required if key not in data]
-    if missing:
-        fail(f"missing field(s) {', '.join(missing)}")
-    if not isinstance(data["model_id"], str) or not data["model_id"]:
-        fail("model_id must be a non-empty string")
-    teacher = data["teacher"]
-    if not isinstance(teacher, dict) or set(teacher) != {"scheduler_class", "config", "num_steps"}:
-        fail("teacher must be an object with scheduler_class, config and num_steps")
-    if not isinstance(teacher["scheduler_class"], str) or not isinstance(teacher["config"], dict):
-        fail("teacher.scheduler_class must be a string and teacher.config an object")
-    if not isinstance(teacher["num_steps"], int) or teacher["num_steps"] < 1:
-        fail(f"teacher.num_steps must be a positive integer, got {teacher['num_steps']!r}")
-    if not _finite(data["guidance_scale"]):
-        fail(f"guidance_scale must be a finite number, got {data['guidance_scale']!r}")
-    resolution = data["resolution"]
-    if resolution is not None and not (
-        isinstance(resolution, (list, tuple))
-        and len(resolution) == 2
-        and all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in resolution)
-    ):
-        fail(f"resolution must be null or [height, width] positive integers, got {resolution!r}")
-    if not isinstance(data["num_examples"], int) or data["num_examples"] < 1:
-        fail(f"num_examples must be a positive integer, got {data['num_examples']!r}")
-    timesteps = data["timesteps"]
-    if not isinstance(timesteps, list) or not timesteps:
-        fail("timesteps must be a non-empty list")
-    if not all(_finite(t) for t in timesteps):
-        fail(f"timesteps must be finite numbers, got {timesteps!r}")
-    for i in range(1, len(timesteps)):
-        if not timesteps[i] < timesteps[i - 1]:
-            fail(
-                f"timesteps must be strictly decreasing, but timesteps[{i}]={timesteps[i]} "
-                f">= timesteps[{i - 1}]={timesteps[i - 1]}"
-            )
-    k = len(timesteps)
-    coefficients = data["coefficients"]
-    if not isinstance(coefficients, list) or len(coefficients) != k:
-        got = len(coefficients) if isinstance(coefficients, list) else type(coefficients).__name__
-        fail(f"coefficients must have one row per timestep ({k}), got {got}")
-    for i, row in enumerate(coefficients):
-        if not isinstance(row, list) or len(row) != i + 2:
-            got = len(row) if isinstance(row, list) else type(row).__name__
-            fail(f"coefficients[{i}] must hold {i + 2} numbers (ragged rows), got {got}")
-        if not all(_finite(c) for c in row):
-            fail(f"coefficients[{i}] has a non-finite or non-numeric value: {row!r}")
-    if not _finite(data["init_noise_sigma"]) or data["init_noise_sigma"] <= 0:
-        fail(f"init_noise_sigma must be a positive finite number, got {data['init_noise_sigma']!r}")
-    if data["method"] not in METHODS:
-        fail(f"method must be one of {', '.join(METHODS)}, got {data['method']!r}")
-    if not isinstance(data["created_at"], str):
-        fail("created_at must be an ISO-8601 string")
-    _validate_report(data["fit_report"], k, fail)
-
-
-def _validate_report(report: Any, k: int, fail: Any) -> None:
-    if not isinstance(report, dict):
-        fail("fit_report must be an object")
-    for key in ("path", "step_errors", "condition_numbers"):
-        if not isinstance(report.get(key), list) or len(report[key]) != k:
-            fail(f"fit_report.{key} must be a list of {k} entries")
-    path = report["path"]
-    if not all(isinstance(p, int) and not isinstance(p, bool) for p in path) or path[0] != 0:
-        fail(f"fit_report.path must be integers starting at 0, got {path!r}")
-    if any(b <= a for a, b in itertools.pairwise(path)):
-        fail(f"fit_report.path must be strictly increasing, got {path!r}")
-    for key in ("step_errors", "condition_numbers"):
-        values = report[key]
-        if not all(_is_number(v) and not math.isnan(v) and v >= 0 for v in values):
-            fail(f"fit_report.{key} must be non-negative numbers, got {values!r}")
-    heldout = report.get("heldout")
-    if heldout is not None:
-        keys = {"num_examples", "olss_error", "peer_errors", "best", "note"}
-        if not isinstance(heldout, dict) or set(heldout) != keys:
-            fail(f"fit_report.heldout must be an object with {', '.join(sorted(keys))}")
-        if not isinstance(heldout["peer_errors"], dict):
-            fail("fit_report.heldout.peer_errors must be an object")
-        values = [heldout["olss_error"], *heldout["peer_errors"].values()]
-        if not all(_is_number(v) and not math.isnan(v) for v in values):
-            fail("fit_report.heldout errors must be numbers")
-    if not isinstance(report.get("candidates", []), list):
-        fail("fit_report.candidates must be a list")
-    warnings = report.get("warnings", [])
-    if not isinstance(warnings, list) or not all(isinstance(w, str) for w in warnings):
-        fail("fit_report.warnings must be a list of strings")

@@ -100,7 +100,7 @@ class OLSSScheduler(SchedulerMixin, ConfigMixin):
             num_train_timesteps=int(schedule.teacher.config.get("num_train_timesteps", 1000)),
             model_id=schedule.model_id,
             guidance_scale=schedule.guidance_scale,
-            method=schedule.method,
+            method=schedule.method.value,
         )
 
     def __len__(self) -> int:

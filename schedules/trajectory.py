@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from schedules.sampling import timestep_number
+
 
 @dataclass(frozen=True)
 class Trajectories:
@@ -67,9 +69,8 @@ class Trajectories:
         return int(self.samples.shape[1])
 
     def timestep(self, i: int) -> int | float:
-        """``t_i`` as a Python number (an int when integral, as diffusers' DDIM timesteps are)."""
-        value = float(self.timesteps[i])
-        return int(value) if value.is_integer() else value
+        """``t_i`` as a Python number (:func:`schedules.sampling.timestep_number`)."""
+        return timestep_number(self.timesteps[i])
 
     def select(self, index: slice | list[int] | torch.Tensor) -> Trajectories:
         """The same trajectories restricted to some examples (in the given order)."""

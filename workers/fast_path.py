@@ -10,18 +10,16 @@ Each optimisation is a separate switch so benchmarks can measure each one's effe
 * ``channels_last``: NHWC memory format for the UNet and VAE weights, which lets cuDNN pick its
   tensor-core convolution kernels without layout transposes.
 * ``compile``: ``torch.compile`` of the UNet and the VAE decoder for static shapes. Compilation
-  happens on the first call at each shape, so a worker must call :func:`warm_up` for every shape
-  it serves before it takes requests.
+  happens on the first call at each shape; the worker makes that call for every batch size it
+  serves before it takes requests (``workers.warm_up``).
 
 On CUDA the first three default to on and ``compile`` to off; on CPU everything is off (fp32)
 except SDPA. cuDNN autotuning (``torch.backends.cudnn.benchmark``) is turned on for CUDA in
-every configuration: the worker serves a few fixed shapes, and :func:`warm_up` pays the search.
+every configuration: the worker serves a few fixed shapes, and its warm-up pays the search.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -119,7 +117,8 @@ def apply_fast_path(
 ) -> StableDiffusionPipeline:
     """Move ``pipe`` to ``device`` in the options' dtype and apply the enabled optimisations.
 
-    The pipeline is changed in place and returned. Compilation is lazy: see :func:`warm_up`.
+    The pipeline is changed in place and returned. Compilation is lazy: it happens on the first
+    call at each shape.
     """
     device = torch.device(device)
     if pipe.unet.dtype != options.dtype:
@@ -146,7 +145,7 @@ def compile_models(pipe: StableDiffusionPipeline, options: FastPathOptions) -> N
 
     The modules keep their class and config, so the pipeline and diffusers' helpers still see a
     ``UNet2DConditionModel`` and an ``AutoencoderKL``. Shapes are static (``dynamic=False``):
-    each served batch size and resolution compiles once, during :func:`warm_up`.
+    each served batch size and resolution compiles once, on its first call.
     """
     kwargs: dict[str, object] = {
         "backend": options.compile_backend,
@@ -175,60 +174,3 @@ def load_pipeline(
         model, dtype=options.dtype, safety_checker=None, requires_safety_checker=False
     )
     return apply_fast_path(pipe, device, options)
-
-
-@dataclass(frozen=True)
-class ServeShape:
-    """One request shape a worker serves: images per batch, resolution, and whether CFG is on
-    (classifier-free guidance doubles the UNet's batch, so it is a different compiled shape).
-    """
-
-    batch_size: int
-    height: int = 512
-    width: int = 512
-    cfg: bool = True
-
-
-WarmUpRun = Callable[[StableDiffusionPipeline, ServeShape, int], object]
-
-
-def pipeline_call(pipe: StableDiffusionPipeline, shape: ServeShape, num_steps: int) -> object:
-    """One plain ``pipe(...)`` generation at ``shape``: the default :func:`warm_up` run."""
-    return pipe(
-        prompt=["warm-up"] * shape.batch_size,
-        height=shape.height,
-        width=shape.width,
-        num_inference_steps=num_steps,
-        guidance_scale=7.5 if shape.cfg else 1.0,
-        output_type="pt",
-    )
-
-
-def warm_up(
-    pipe: StableDiffusionPipeline,
-    shapes: Iterable[ServeShape],
-    num_inference_steps: int,
-    runs: int = 2,
-    run: WarmUpRun = pipeline_call,
-) -> dict[ServeShape, float]:
-    """Run ``runs`` generations at every shape so no request pays for one-time work.
-
-    That work is ``torch.compile`` (when compiled: about a minute per shape with the default
-    mode), cuDNN autotuning and the CUDA caching allocator's growth. ``run(pipe, shape, steps)``
-    must be the exact call the worker makes per batch (the default is a plain pipeline call):
-    compiled graphs are guarded on argument shapes, dtypes and memory layout, and any mismatch
-    recompiles on the first request instead. ``num_inference_steps`` must be one the pipeline's
-    scheduler accepts (an OLSS scheduler accepts only its schedule's length).
-
-    Returns the seconds the first run at each shape took (compile time included).
-    """
-    first_run_s: dict[ServeShape, float] = {}
-    for shape in shapes:
-        for attempt in range(max(1, runs)):
-            start = time.perf_counter()
-            run(pipe, shape, num_inference_steps)
-            if pipe.device.type == "cuda":
-                torch.cuda.synchronize(pipe.device)
-            if attempt == 0:
-                first_run_s[shape] = time.perf_counter() - start
-    return first_run_s

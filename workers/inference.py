@@ -8,31 +8,17 @@ loop when every job of the batch was canceled. Each image has its own seeded CPU
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from diffusers import SchedulerMixin, StableDiffusionPipeline
 from PIL import Image
 
+from olss_core.metrics import Stage
 from olss_core.protocol import JobSpec
+from workers.engine import BatchInterrupted, BatchOutput, StepHook
 from workers.stage_timer import StageTimer
-
-# (step done, total steps) -> True to keep going, False to stop the whole batch.
-StepHook = Callable[[int, int], bool]
-
-
-class BatchInterrupted(Exception):
-    """The step hook stopped the batch (every job in it was canceled)."""
-
-
-@dataclass(frozen=True)
-class BatchOutput:
-    """Images per job (in job order) and the batch's stage durations in seconds."""
-
-    images: list[list[Image.Image]]
-    durations: dict[str, float]
 
 
 class InferenceEngine:
@@ -69,13 +55,13 @@ class InferenceEngine:
             return {}
 
         with torch.inference_mode():
-            with timer.stage("encode"):
+            with timer.stage(Stage.ENCODE):
                 embeds, negative_embeds = pipe.encode_prompt(
                     prompts, self.device, 1, guided, negatives if guided else None
                 )
             if pipe.scheduler is not scheduler:
                 pipe.scheduler = scheduler
-            with timer.stage("denoise"):
+            with timer.stage(Stage.DENOISE):
                 latents = pipe(
                     prompt_embeds=embeds,
                     negative_prompt_embeds=negative_embeds,
@@ -89,7 +75,7 @@ class InferenceEngine:
                 ).images
             if pipe.interrupt:
                 raise BatchInterrupted
-            with timer.stage("decode"):
+            with timer.stage(Stage.DECODE):
                 decoded = pipe.vae.decode(
                     latents / pipe.vae.config.scaling_factor, return_dict=False
                 )[0]
@@ -98,4 +84,5 @@ class InferenceEngine:
         for spec in specs:
             per_job.append(flat[: spec.num_images])
             flat = flat[spec.num_images :]
-        return BatchOutput(images=per_job, durations=timer.durations())
+        durations = {Stage(name): seconds for name, seconds in timer.durations().items()}
+        return BatchOutput(images=per_job, durations=durations)

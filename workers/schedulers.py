@@ -1,7 +1,10 @@
 """Scheduler name -> scheduler instance for a worker's pipeline; ``olss`` comes from the registry.
 
-Each instance is made once and reused: every pipeline call starts with ``set_timesteps``,
-which resets a scheduler's per-run state.
+The diffusers samplers are the ones of ``olss_core.samplers.SAMPLERS``, built on the pipeline's
+own scheduler config. An OLSS request gets the schedule with exactly its step count and the
+calibrated guidance nearest to its own (``olss_core.guidance.nearest_guidance``). Each instance
+is made once and reused: every pipeline call starts with ``set_timesteps``, which resets a
+scheduler's per-run state.
 """
 
 from __future__ import annotations
@@ -9,26 +12,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerDiscreteScheduler,
-    SchedulerMixin,
-    UniPCMultistepScheduler,
-)
+from diffusers import SchedulerMixin
 
+from olss_core.guidance import nearest_guidance
 from olss_core.protocol import ScheduleInfo
-from olss_core.samplers import SCHEDULER_NAMES
+from olss_core.samplers import OLSS, SAMPLERS, SCHEDULER_NAMES
 from schedules import OLSSScheduler, Schedule, ScheduleRegistry
+from schedules.samplers import build_sampler
 
 PREFERRED_STEPS = 5
-
-_DIFFUSERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
-    "dpmsolver++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
-    "unipc": (UniPCMultistepScheduler, {}),
-    "ddim": (DDIMScheduler, {}),
-    "euler": (EulerDiscreteScheduler, {}),
-}
 
 
 class UnknownSchedule(LookupError):
@@ -45,14 +37,11 @@ class SchedulerBank:
     """The schedulers a worker serves for one pipeline."""
 
     def __init__(self, base_config: Mapping[str, Any], schedules: list[Schedule]) -> None:
-        self._diffusers = {
-            name: cls.from_config(dict(base_config), **overrides)
-            for name, (cls, overrides) in _DIFFUSERS.items()
-        }
-        self._olss = {
-            (s.num_steps, s.guidance_scale): (s.name, OLSSScheduler.from_schedule(s))
-            for s in schedules
-        }
+        self._samplers = {name: build_sampler(name, base_config) for name in SAMPLERS}
+        self._olss: dict[int, dict[float, tuple[str, OLSSScheduler]]] = {}
+        for s in schedules:
+            by_guidance = self._olss.setdefault(s.num_steps, {})
+            by_guidance[s.guidance_scale] = (s.name, OLSSScheduler.from_schedule(s))
         self.schedules = [
             ScheduleInfo(name=s.name, steps=s.num_steps, guidance_scale=s.guidance_scale)
             for s in schedules
@@ -76,16 +65,18 @@ class SchedulerBank:
         )
 
     def get(self, name: str, steps: int, guidance_scale: float) -> tuple[str, SchedulerMixin]:
-        """``(label, scheduler)``: the OLSS schedule's name, or the diffusers scheduler's name."""
-        if name == "olss":
-            found = self._olss.get((steps, guidance_scale))
-            if found is None:
+        """``(label, scheduler)``: the OLSS schedule's name, or the diffusers sampler's name."""
+        if name == OLSS:
+            by_guidance = self._olss.get(steps, {})
+            guidance = nearest_guidance(by_guidance, guidance_scale)
+            if guidance is None:
                 available = ", ".join(f"{s.steps}@{s.guidance_scale:g}" for s in self.schedules)
                 raise UnknownSchedule(
-                    f"no OLSS schedule with steps={steps} guidance_scale={guidance_scale:g}; "
+                    f"no OLSS schedule with steps={steps} near guidance_scale={guidance_scale:g}; "
                     f"served: {available or 'none'}"
                 )
-            return found
-        if name not in self._diffusers:
+            return by_guidance[guidance]
+        sampler = self._samplers.get(name)
+        if sampler is None:
             raise UnknownSchedule(f"unknown scheduler {name!r}; served: {self.names}")
-        return name, self._diffusers[name]
+        return name, sampler

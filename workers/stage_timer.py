@@ -15,8 +15,6 @@ from typing import Any
 
 import torch
 
-STAGES = ("encode", "denoise", "decode")
-
 
 @dataclass
 class _Span:

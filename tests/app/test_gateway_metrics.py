@@ -1,4 +1,4 @@
-"""The gateway's /metrics: DESIGN.md names, route templates as labels, sampled gauges."""
+"""The gateway's /metrics: the declared names, route templates as labels, sampled gauges."""
 
 from __future__ import annotations
 

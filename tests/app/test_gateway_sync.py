@@ -4,11 +4,13 @@ driven by a thread (no pipeline: these tests are about the gateway)."""
 from __future__ import annotations
 
 import threading
+import time
 
 import redis
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from app.notifier import POLL_S
 from olss_core.protocol import Timings, WorkerInfo
 from tests.support.redis_db import unit_settings
 from workers.lifecycle import ClaimedJob, JobLifecycle, JobResult
@@ -33,24 +35,34 @@ def take_one(worker: JobLifecycle) -> ClaimedJob:
     raise AssertionError("no job arrived")
 
 
-def finish(worker: JobLifecycle) -> None:
+def finish(worker: JobLifecycle, stored_at: list[float] | None = None, delay_s: float = 0) -> None:
+    """Take the next job and store its result after ``delay_s``; note when in ``stored_at``."""
     job = take_one(worker)
     images = [
         encode_image(Image.new("RGB", (32, 32), "green"), job.spec.output_format,
                      ImageParameters.of(job.spec, n, "sched", job.id))
         for n in range(job.spec.num_images)
     ]
+    time.sleep(delay_s)
     worker.succeed([JobResult(job, images, "sched", TIMINGS)])
+    if stored_at is not None:
+        stored_at.append(time.monotonic())
 
 
 def test_sync_png_returns_as_soon_as_the_result_is_stored(
     client: TestClient, registered_worker: WorkerInfo, db: redis.Redis
 ) -> None:
-    thread = threading.Thread(target=finish, args=(lifecycle(db),))
+    """The finished notice wakes the request: far sooner than its fallback poll (``POLL_S``).
+    The result is stored a moment after the request started waiting, so a request woken by the
+    poll alone would answer about ``POLL_S`` after it began, not just after the store."""
+    stored_at: list[float] = []
+    thread = threading.Thread(target=finish, args=(lifecycle(db), stored_at, 0.2))
     thread.start()
     response = client.post("/generate", json={"prompt": "x", "seed": 3},
                            headers={"Accept": "image/png"})
+    answered_at = time.monotonic()
     thread.join()
+    assert answered_at - stored_at[0] < POLL_S / 4
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
     assert (response.headers["x-seed"], response.headers["x-schedule"]) == ("3", "sched")
     assert read_parameters(response.content).seed == 3

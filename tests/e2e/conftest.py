@@ -3,7 +3,7 @@
 One stack (a gateway and a worker for the tiny pipeline, with OLSS schedules calibrated for
 it at session start) serves every e2e module; the crash tests add a worker and may kill the
 stack's (it runs last; a later test would get a new one).
-Test-only settings the stack uses, all documented in ``app.settings``: a per-step delay (so
+Test-only settings the stack uses, all documented in ``olss_core.settings``: a per-step delay (so
 a running job can be canceled or its worker killed mid-job) and a prompt marker that makes the
 worker fail a job (to exercise retries and the dead-letter stream).
 """

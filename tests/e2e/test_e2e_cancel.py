@@ -21,7 +21,8 @@ def test_cancel_a_running_job_stops_it_at_a_step_boundary(stack) -> None:
     view = wait_status(http, job_id, "canceled", timeout_s=30)
     assert view["progress"]["step"] < SLOW["steps"]
     events = http.get(f"/jobs/{job_id}/events").text
-    assert events.rstrip().endswith('"status":"canceled"}')
+    last_data = [line for line in events.splitlines() if line.startswith("data:")][-1]
+    assert last_data.endswith('"status":"canceled"}')
     assert http.get(f"/jobs/{job_id}/images/0").status_code == 404
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from olss_core.keys import dead_stream
@@ -31,3 +33,7 @@ def test_a_bad_job_does_not_take_its_batch_mates_down(stack) -> None:
     for job_id in good:
         assert wait_status(http, job_id, "succeeded", "failed")["status"] == "succeeded"
     assert wait_status(http, bad, "succeeded", "failed")["status"] == "failed"
+    # The worker logs the jobs of every batch it splits: the bad job failed a shared batch.
+    splits = re.findall(r"batch of \d+ failed .*; splitting jobs (.+)$", stack.worker.log(), re.M)
+    shared = [line.split() for line in splits if bad in line.split()]
+    assert shared and set(shared[0]) & set(good), splits

@@ -116,7 +116,7 @@ def test_idempotency_key_returns_the_same_job(stack) -> None:
     assert first == second
 
 
-def test_both_processes_export_the_design_metrics(stack) -> None:
+def test_both_processes_export_their_metrics(stack) -> None:
     submit(stack.http, prompt="metrics")
     gateway = stack.http.get("/metrics").text
     for name in ("olss_request_duration_seconds_bucket", "olss_queue_depth", "olss_workers 1.0"):

@@ -15,20 +15,13 @@ from devtools.analytic import (
     MixtureConfig,
     alpha_bar_at,
     ays_timesteps,
-    record_teacher,
-    run_sampler,
+    record_trajectories,
     sd_alphas_cumprod,
-    sd_scheduler,
 )
+from devtools.sd_configs import sd_scheduler
+from schedules.sampling import run_sampler
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny float64 tensors: intra-op threads only add contention on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -188,14 +181,14 @@ def test_ays_timesteps_keep_the_10_step_list_and_interpolate_in_log_sigma() -> N
     assert log_sigma[mid] == pytest.approx(0.5 * (log_sigma[999] + log_sigma[850]), abs=0.01)
 
 
-def test_record_teacher_keeps_model_inputs_outputs_and_final_sample(
+def test_record_trajectories_keeps_model_inputs_outputs_and_final_sample(
     mixture: GaussianMixtureDiffusion,
 ) -> None:
     labels = torch.arange(8) % mixture.config.num_classes
     fn = mixture.model_fn(labels, 3.0)
     noise = _randn(8, mixture.dim, seed=8)
     teacher = sd_scheduler(DPMSolverMultistepScheduler)
-    traj = record_teacher(teacher, fn, noise, num_inference_steps=12)
+    traj = record_trajectories(teacher, fn, noise, num_inference_steps=12)
     assert traj.samples.shape == (13, 8, mixture.dim) and traj.outputs.shape == (12, 8, mixture.dim)
     assert torch.equal(traj.samples[0], noise)
     final = run_sampler(sd_scheduler(DPMSolverMultistepScheduler), fn, noise, 12)

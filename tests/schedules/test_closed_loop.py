@@ -14,21 +14,18 @@ import pytest
 import torch
 from diffusers import DPMSolverMultistepScheduler
 
-from devtools.analytic import (
-    GaussianMixtureDiffusion,
-    MixtureConfig,
-    ModelFn,
-    record_teacher,
-    run_sampler,
-    sd_scheduler,
-)
+from devtools.analytic import GaussianMixtureDiffusion, MixtureConfig, record_trajectories
+from devtools.sd_configs import sd_scheduler
 from schedules import OLSSScheduler, search
+from schedules.sampling import ModelFn, run_sampler
 from schedules.trajectory import Trajectories
 
 GUIDANCE = 7.5
 NUM_CALIBRATION = 256
 NUM_HELDOUT = 128
 TEACHER_TIMESTEPS = np.unique(np.linspace(999, 0, 100).round().astype(int))[::-1].tolist()
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Testbed:
@@ -46,7 +43,7 @@ class Testbed:
         self.cal_fn = model.model_fn(labels[:NUM_CALIBRATION], GUIDANCE)
         self.heldout_fn: ModelFn = model.model_fn(labels[NUM_CALIBRATION:], GUIDANCE)
         self.heldout_noise = noise[NUM_CALIBRATION:]
-        self.traj: Trajectories = record_teacher(
+        self.traj: Trajectories = record_trajectories(
             self.teacher(), self.cal_fn, noise[:NUM_CALIBRATION], timesteps=TEACHER_TIMESTEPS
         )
         self.heldout_target = run_sampler(
@@ -70,17 +67,8 @@ class Testbed:
         return self.error(out), schedule.fit_report.step_errors[-1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny float64 tensors: intra-op threads only add contention on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def testbed(_one_thread: None) -> Testbed:
+def testbed(one_torch_thread: None) -> Testbed:
     return Testbed()
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from schedules.fit import teacher_forced_fit_gram as teacher_forced_fit
 from schedules.gram import design_indices, gram_matrix, solve_from_gram, solve_normal
 from schedules.trajectory import Trajectories
+from tests.support.gram_fit import teacher_forced_fit_gram
 
 
 def random_traj(T: int = 12, n: int = 5, seed: int = 0) -> Trajectories:
@@ -25,7 +25,7 @@ def test_gram_fit_equals_direct_lstsq() -> None:
     traj = random_traj()
     gram = gram_matrix(traj)
     path = [0, 3, 7, 9]
-    fit = teacher_forced_fit(gram, path)
+    fit = teacher_forced_fit_gram(gram, path)
     targets = [*path[1:], traj.num_steps]
     for i, target in enumerate(targets):
         columns = [traj.samples[0], *(traj.outputs[p] for p in path[: i + 1])]
@@ -61,7 +61,7 @@ def test_ill_conditioned_design_is_guarded_and_reported() -> None:
     outputs = traj.outputs.clone()
     outputs[3] = outputs[0] * (1 + 1e-15)  # e_3 duplicates e_0: singular normal matrix
     traj = Trajectories(traj.samples, outputs, traj.timesteps)
-    fit = teacher_forced_fit(gram_matrix(traj), [0, 3, 6])
+    fit = teacher_forced_fit_gram(gram_matrix(traj), [0, 3, 6])
     assert all(np.all(np.isfinite(row)) for row in fit.coefficients)
     assert fit.condition_numbers[1] > 1e6
     assert fit.condition_numbers[0] < 1e3

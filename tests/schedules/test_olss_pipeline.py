@@ -7,7 +7,7 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
 from schedules import OLSSScheduler, TrajectoryRecorder, search
-from schedules.calibrate import record_teacher
+from schedules.calibration import record_teacher
 from schedules.teachers import parse_teacher
 
 PROMPTS = ["a red cat", "a blue dog"]

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from schedules.sampling import run_sampler
 from schedules.scheduler import OLSSScheduler
-from tests.schedules.conftest import run_loop
 
 TIMESTEPS = [901, 601, 301]
 COEFFICIENTS = [[0.9, -0.3], [0.8, -0.2, -0.1], [1.1, -0.5, 0.2, -0.4]]
@@ -37,7 +37,7 @@ def test_standard_loop_matches_equation_7() -> None:
     scheduler = make_scheduler()
     assert scheduler.order == 1 and scheduler.init_noise_sigma == 1.0
     assert scheduler.timesteps.tolist() == TIMESTEPS
-    out = run_loop(scheduler, noise, 3, toy_model)
+    out = run_sampler(scheduler, toy_model, noise, 3)
     torch.testing.assert_close(out.double(), reference_loop(noise), rtol=1e-5, atol=1e-5)
 
 
@@ -52,14 +52,14 @@ def test_state_resets_between_runs_and_after_an_interrupted_run() -> None:
     noise = torch.randn(2, 4, 5, 5, generator=torch.Generator().manual_seed(1))
     other = torch.randn(2, 4, 5, 5, generator=torch.Generator().manual_seed(2))
     scheduler = make_scheduler()
-    first = run_loop(scheduler, noise, 3, toy_model)
-    run_loop(scheduler, other, 3, toy_model)
+    first = run_sampler(scheduler, toy_model, noise, 3)
+    run_sampler(scheduler, toy_model, other, 3)
     # An interrupted run: two of three steps only.
     scheduler.set_timesteps(3)
     x = other
     for t in scheduler.timesteps[:2]:
         x = scheduler.step(toy_model(x, t), t, x).prev_sample
-    again = run_loop(scheduler, noise, 3, toy_model)
+    again = run_sampler(scheduler, toy_model, noise, 3)
     torch.testing.assert_close(again, first, rtol=0, atol=0)
     # Without set_timesteps, a CPU timestep equal to the first one also starts a new run.
     x = noise
@@ -88,9 +88,11 @@ def test_config_round_trip(tmp_path: Path) -> None:
     clone = OLSSScheduler.from_config(scheduler.config)
     assert clone.init_noise_sigma == 0.99
     noise = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(3))
-    expected = run_loop(scheduler, noise, 3, toy_model)
+    expected = run_sampler(scheduler, toy_model, noise, 3)
     for other in (loaded, clone):
-        torch.testing.assert_close(run_loop(other, noise, 3, toy_model), expected, rtol=0, atol=0)
+        torch.testing.assert_close(
+            run_sampler(other, toy_model, noise, 3), expected, rtol=0, atol=0
+        )
 
 
 def test_fp16_step_accumulates_in_fp32() -> None:

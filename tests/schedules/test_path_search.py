@@ -9,10 +9,13 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
+from devtools.analytic import record_trajectories
 from schedules.gram import gram_matrix
+from schedules.olss_search import search
+from schedules.paper_search import GramFitter, paper_path
+from schedules.paths import uniform_path
+from schedules.sampling import run_sampler
 from schedules.scheduler import OLSSScheduler
-from schedules.search import GramFitter, paper_path, search, uniform_path
-from tests.schedules.conftest import record, run_loop
 
 
 def relative_error(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -20,17 +23,17 @@ def relative_error(x: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def test_paper_fit_on_all_teacher_steps_reproduces_ddim(ddim, mixture, mixture_noise) -> None:
-    traj = record(DDIMScheduler.from_config(ddim.config), 10, mixture_noise, mixture)
+    traj = record_trajectories(DDIMScheduler.from_config(ddim.config), mixture, mixture_noise, 10)
     schedule = search(traj, num_steps=10, method="paper")
     assert schedule.fit_report.path == list(range(10))
     assert max(schedule.fit_report.step_errors) < 1e-9
-    olss = run_loop(OLSSScheduler.from_schedule(schedule), mixture_noise, 10, mixture)
+    olss = run_sampler(OLSSScheduler.from_schedule(schedule), mixture, mixture_noise, 10)
     assert relative_error(olss, traj.samples[-1]) < 1e-9
 
 
 def test_euler_teacher_is_distilled_in_vp_space(ddim, mixture, mixture_noise) -> None:
     euler = EulerDiscreteScheduler.from_config(ddim.config)
-    traj = record(euler, 8, mixture_noise, mixture)
+    traj = record_trajectories(euler, mixture, mixture_noise, 8)
     euler.set_timesteps(8)
     sigma0 = float(euler.sigmas[0])
     expected = float(euler.init_noise_sigma) / (sigma0**2 + 1) ** 0.5
@@ -38,7 +41,7 @@ def test_euler_teacher_is_distilled_in_vp_space(ddim, mixture, mixture_noise) ->
     schedule = search(traj, num_steps=8, method="paper")
     olss = OLSSScheduler.from_schedule(schedule)
     assert olss.init_noise_sigma == pytest.approx(expected)
-    final = run_loop(olss, mixture_noise, 8, mixture)
+    final = run_sampler(olss, mixture, mixture_noise, 8)
     assert relative_error(final, traj.samples[-1]) < 1e-6  # Euler keeps sigmas in float32
 
 
@@ -79,17 +82,17 @@ def test_closed_loop_report_matches_sampling_and_beats_its_candidates(
         mixture_traj, num_steps=4, model_fn=mixture, method="closed-loop", max_paths=8
     )
     report = schedule.fit_report
-    tried = [c["error"] for c in report.candidates if c["error"] is not None]
+    tried = [c.error for c in report.candidates if c.error is not None]
     assert 1 < len(report.candidates) <= 8
     assert report.final_error == pytest.approx(min(tried))
     # The closed-loop fit simulates the scheduler exactly: its error is what sampling gives.
-    final = run_loop(OLSSScheduler.from_schedule(schedule), mixture_noise, 4, mixture)
+    final = run_sampler(OLSSScheduler.from_schedule(schedule), mixture, mixture_noise, 4)
     assert relative_error(final, mixture_traj.samples[-1]) == pytest.approx(
         report.final_error, rel=1e-4
     )
     # and no worse than running the teacher-forced coefficients of the paper path.
     paper = search(mixture_traj, num_steps=4, method="paper")
-    paper_final = run_loop(OLSSScheduler.from_schedule(paper), mixture_noise, 4, mixture)
+    paper_final = run_sampler(OLSSScheduler.from_schedule(paper), mixture, mixture_noise, 4)
     assert report.final_error <= relative_error(paper_final, mixture_traj.samples[-1])
 
 

@@ -8,15 +8,15 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
+from schedules.sampling import run_sampler
 from schedules.trajectory import TrajectoryRecorder
-from tests.schedules.conftest import run_loop
 
 
 def test_records_inputs_outputs_timesteps_and_final_sample(ddim, mixture) -> None:
     teacher = DDIMScheduler.from_config(ddim.config)
     recorder = TrajectoryRecorder(teacher, dtype=torch.float64)
     noise = torch.randn(3, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    final = run_loop(recorder, noise, 6, mixture)
+    final = run_sampler(recorder, mixture, noise, 6)
     traj = recorder.trajectories()
     assert traj.samples.shape == (7, 3, 1, 4, 4) and traj.outputs.shape == (6, 3, 1, 4, 4)
     assert traj.timesteps.tolist() == teacher.timesteps.tolist()
@@ -31,8 +31,8 @@ def test_runs_accumulate_along_examples_in_order(ddim, mixture) -> None:
     recorder = TrajectoryRecorder(DDIMScheduler.from_config(ddim.config))
     first = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(1))
     second = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(2))
-    run_loop(recorder, first, 5, mixture)
-    run_loop(recorder, second, 5, mixture)
+    run_sampler(recorder, mixture, first, 5)
+    run_sampler(recorder, mixture, second, 5)
     traj = recorder.trajectories()
     assert traj.num_examples == 5
     torch.testing.assert_close(traj.samples[0], torch.cat([first, second]))

@@ -1,13 +1,38 @@
-"""Quick OLSS schedules for the tiny test pipeline (a few seconds on a CPU)."""
+"""Schedules for tests: a small valid one built by hand, and quick OLSS schedules for the tiny
+test pipeline (a few seconds on a CPU)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from schedules.schedule_file import FitReport, HeldoutReport, Method, Schedule, TeacherInfo
 from tests.support.torch_threads import single_torch_thread
 
 TEST_STEPS = (4, 5)
 TEST_GUIDANCE = 7.5
+
+
+def build_schedule(steps: int = 3, guidance: float = 7.5, model: str = "tiny-sd") -> Schedule:
+    """A valid ``steps``-step schedule with made-up coefficients and a held-out report."""
+    return Schedule(
+        model_id=model,
+        teacher=TeacherInfo("DDIMScheduler", {"num_train_timesteps": 1000}, 100),
+        guidance_scale=guidance,
+        resolution=(32, 32),
+        num_examples=4,
+        timesteps=[991 - 200 * i for i in range(steps)],
+        coefficients=[
+            [1.0 - 0.1 * i] + [0.01 * (j + 1) for j in range(i + 1)] for i in range(steps)
+        ],
+        init_noise_sigma=1.0,
+        method=Method.CLOSED_LOOP,
+        fit_report=FitReport(
+            path=[20 * i for i in range(steps)],
+            step_errors=[0.1] * steps,
+            condition_numbers=[10.0] * steps,
+            heldout=HeldoutReport(4, 0.05, {"unipc": 0.2}, "olss", "OLSS is the best"),
+        ),
+    )
 
 
 def calibrate_test_schedules(model_dir: Path, out_dir: Path) -> list[str]:
@@ -16,13 +41,17 @@ def calibrate_test_schedules(model_dir: Path, out_dir: Path) -> list[str]:
     from diffusers import StableDiffusionPipeline
 
     from schedules import ScheduleRegistry
-    from schedules.calibrate import calibrate, default_prompts
+    from schedules.calibration import CalibrationConfig, calibrate, default_prompts
 
     pipe = StableDiffusionPipeline.from_pretrained(model_dir)
+    config = CalibrationConfig(
+        num_steps=TEST_STEPS,
+        teacher="ddim:10",
+        guidance_scale=TEST_GUIDANCE,
+        num_validation=0,
+        method=Method.PAPER,
+    )
     with single_torch_thread():
-        schedules = calibrate(
-            pipe, default_prompts()[:6], num_steps=list(TEST_STEPS), teacher="ddim:10",
-            guidance_scale=TEST_GUIDANCE, num_validation=0, method="paper", progress=False,
-        )
+        schedules = calibrate(pipe, default_prompts()[:6], config, progress=False)
     registry = ScheduleRegistry(out_dir)
     return [registry.put(schedule).stem for schedule in schedules]

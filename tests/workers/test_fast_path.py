@@ -1,5 +1,5 @@
-"""The worker fast path: options, what apply_fast_path changes, warm-up, and the OLSS step's
-fp32 accumulation and freedom from host-device syncs (what the fp16 CUDA path relies on)."""
+"""The worker fast path: options, what apply_fast_path changes (compile included), and the OLSS
+step's fp32 accumulation and freedom from host-device syncs (what the fp16 CUDA path relies on)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,7 @@ from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 from devtools.host_sync import detect_host_syncs
 from schedules import OLSSScheduler
-from workers.fast_path import (
-    FastPathOptions,
-    ServeShape,
-    apply_fast_path,
-    pick_device,
-    warm_up,
-)
+from workers.fast_path import FastPathOptions, apply_fast_path, pick_device
 
 CPU = torch.device("cpu")
 
@@ -115,34 +109,18 @@ def test_channels_last_and_fp16_change_layout_and_dtype(
     assert pipe.vae.dtype == pipe.text_encoder.dtype == torch.float16
 
 
-def test_compile_happens_in_warm_up_and_serves_the_same_images(
+def test_compile_wraps_the_unet_and_decoder_and_serves_the_same_images(
     tiny_pipeline: StableDiffusionPipeline,
 ) -> None:
-    """Full-graph compile of the UNet and VAE decoder (traced by dynamo; the ``eager`` backend
-    skips code generation so this runs on any CPU)."""
+    """Full-graph compile of the UNet and VAE decoder (traced by dynamo on the first call; the
+    ``eager`` backend skips code generation so this runs on any CPU)."""
     reference = _image(tiny_pipeline)
     options = FastPathOptions(compile=True, compile_backend="eager")
     pipe = apply_fast_path(tiny_pipeline, CPU, options)
-    shape = ServeShape(batch_size=1, height=32, width=32)
-    calls: list[ServeShape] = []
-
-    def run(p: StableDiffusionPipeline, s: ServeShape, steps: int) -> None:
-        calls.append(s)
-        _image(p)
-
-    first = warm_up(pipe, [shape], num_inference_steps=2, runs=2, run=run)
-    assert calls == [shape, shape] and set(first) == {shape} and first[shape] > 0
+    _image(pipe)  # the first call at this shape compiles
     assert pipe.unet._compiled_call_impl is not None
     assert pipe.vae.decoder._compiled_call_impl is not None
     torch.testing.assert_close(_image(pipe), reference, atol=1e-5, rtol=1e-5)
-
-
-def test_default_warm_up_runs_the_pipeline_at_each_shape(
-    tiny_pipeline: StableDiffusionPipeline,
-) -> None:
-    shapes = [ServeShape(1, 32, 32), ServeShape(2, 32, 32, cfg=False)]
-    first = warm_up(tiny_pipeline, shapes, num_inference_steps=2, runs=1)
-    assert list(first) == shapes
 
 
 # --------------------------------------------------------------------------- OLSS step

@@ -10,6 +10,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from devtools.host_sync import detect_host_syncs
+from devtools.sd_configs import SD_NOISE_SCHEDULE
 
 DEVICES = ["cpu", "meta"]
 
@@ -59,7 +60,7 @@ def test_uploads_to_the_device_are_flagged_on_meta() -> None:
 
 def test_a_scheduler_that_reads_device_timesteps_is_caught() -> None:
     """DDIM indexes its host-side alpha table with the device timestep: a sync every step."""
-    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    scheduler = DDIMScheduler(**SD_NOISE_SCHEDULE)
     scheduler.set_timesteps(3, device="meta")
     x = torch.empty(1, 4, 8, 8, device="meta")
     per_step = []

@@ -11,7 +11,8 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
 from olss_core.protocol import JobSpec
 from tests.support.torch_threads import single_torch_thread
-from workers.inference import BatchInterrupted, InferenceEngine
+from workers.engine import BatchInterrupted
+from workers.inference import InferenceEngine
 
 PIXEL_TOLERANCE = 2  # of 255: CPU convolutions may differ in the last bits with batch size
 

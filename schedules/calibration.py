@@ -2,30 +2,32 @@
 
 1. Run the teacher (default DDIM, T=100; Duan et al., arXiv:2305.14677, Sec. 4) through the real
    pipeline with a :class:`~schedules.trajectory.TrajectoryRecorder` as ``pipe.scheduler``.
-2. Fit each requested step count with :func:`schedules.search.search`, using the pipeline's own
+2. Fit each requested step count with :func:`schedules.olss_search.search`, using the pipeline's own
    UNet and classifier-free guidance as ``model_fn``.
 3. Validate on held-out prompts against the teacher and against DPM-Solver++(2M) and UniPC at the
-   same step count (:mod:`schedules.validation`).
+   same step count (:mod:`schedules.heldout`).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers import SchedulerMixin
 from tqdm.auto import tqdm
 
 from schedules.gram import gram_matrix
+from schedules.heldout import heldout_report
+from schedules.olss_search import search
 from schedules.registry import model_key
-from schedules.schedule_file import Schedule
-from schedules.search import search
+from schedules.schedule_file import Method, Schedule
 from schedules.teachers import DEFAULT_TEACHER, parse_teacher
 from schedules.trajectory import Trajectories, TrajectoryRecorder
-from schedules.validation import heldout_report
 
 
 def default_prompts() -> list[str]:
@@ -159,31 +161,11 @@ def record_teacher(
     return recorder.trajectories(), model_fn
 
 
-def calibrate(
-    pipe: Any,
-    prompts: Sequence[str] | None = None,
-    num_steps: int | Sequence[int] = (5, 8),
-    teacher: str | Any = DEFAULT_TEACHER,
-    guidance_scale: float = 7.5,
-    seed: int = 0,
-    num_validation: int = 8,
-    height: int | None = None,
-    width: int | None = None,
-    negative_prompt: str = "",
-    model_id: str | None = None,
-    batch_size: int = 8,
-    method: str = "closed-loop",
-    teacher_steps: int | None = None,
-    max_paths: int = 16,
-    progress: bool = True,
-    log: Callable[[str], None] | None = None,
-) -> list[Schedule]:
-    """Fit OLSS schedules for ``pipe`` at each step count in ``num_steps``.
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """What :func:`calibrate` fits, and how.
 
     Args:
-        pipe: a diffusers ``StableDiffusionPipeline`` (any device and dtype).
-        prompts: calibration prompts (default :func:`default_prompts`); the last
-            ``num_validation`` are held out for validation, the rest are fitted.
         num_steps: one or more schedule lengths k.
         teacher: ``"name:T"`` (see :mod:`schedules.teachers`) or a diffusers scheduler instance.
         guidance_scale: classifier-free guidance scale (schedules are fitted per scale).
@@ -191,19 +173,57 @@ def calibrate(
         num_validation: held-out prompts (0 skips validation).
         height, width: image size in pixels (default: the UNet's native size).
         negative_prompt: the unconditional prompt.
+        batch_size: examples per pipeline / UNet call.
+        method: a :class:`~schedules.schedule_file.Method` or its value (default closed-loop).
+        teacher_steps: T when ``teacher`` is a scheduler instance.
+        max_paths: closed-loop fits allowed per schedule (see :func:`schedules.olss_search.search`).
+    """
+
+    num_steps: int | Sequence[int] = (5, 8)
+    teacher: str | SchedulerMixin = DEFAULT_TEACHER
+    guidance_scale: float = 7.5
+    seed: int = 0
+    num_validation: int = 8
+    height: int | None = None
+    width: int | None = None
+    negative_prompt: str = ""
+    batch_size: int = 8
+    method: Method | str = Method.CLOSED_LOOP
+    teacher_steps: int | None = None
+    max_paths: int = 16
+
+    @property
+    def step_counts(self) -> list[int]:
+        """``num_steps`` as a list."""
+        return [self.num_steps] if isinstance(self.num_steps, int) else list(self.num_steps)
+
+
+def calibrate(
+    pipe: Any,
+    prompts: Sequence[str] | None = None,
+    config: CalibrationConfig = CalibrationConfig(),
+    *,
+    model_id: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> list[Schedule]:
+    """Fit OLSS schedules for ``pipe`` at each step count in ``config.num_steps``.
+
+    Args:
+        pipe: a diffusers ``StableDiffusionPipeline`` (any device and dtype).
+        prompts: calibration prompts (default :func:`default_prompts`); the last
+            ``config.num_validation`` are held out for validation, the rest are fitted.
+        config: step counts, teacher, guidance, seed and the other settings.
         model_id: registry key source (default ``pipe.name_or_path``), see
             :func:`schedules.registry.model_key`.
-        batch_size: examples per pipeline / UNet call.
-        method: ``"closed-loop"`` (default), ``"paper"`` or ``"uniform"``.
-        teacher_steps: T when ``teacher`` is a scheduler instance.
-        max_paths: closed-loop fits allowed per schedule (see :func:`schedules.search.search`).
         progress: show tqdm progress bars.
         log: receives one line per closed-loop candidate (e.g. ``print``).
     """
     prompts = list(prompts) if prompts is not None else default_prompts()
-    steps = [num_steps] if isinstance(num_steps, int) else list(num_steps)
+    steps = config.step_counts
     if not steps:
         raise ValueError("num_steps must name at least one step count")
+    num_validation = config.num_validation
     if not 0 <= num_validation < len(prompts):
         raise ValueError(
             f"num_validation={num_validation} must leave calibration prompts out of {len(prompts)}"
@@ -211,22 +231,27 @@ def calibrate(
     fit_prompts = prompts[: len(prompts) - num_validation]
     heldout_prompts = prompts[len(prompts) - num_validation :]
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    height, width = height or native, width or native
-    teacher_scheduler, T = parse_teacher(teacher, dict(pipe.scheduler.config), teacher_steps)
+    height, width = config.height or native, config.width or native
+    teacher_scheduler, T = parse_teacher(
+        config.teacher, dict(pipe.scheduler.config), config.teacher_steps
+    )
     pipe.set_progress_bar_config(disable=True)
     key = model_key(model_id or getattr(pipe, "name_or_path", None) or "unknown")
     common = dict(
         teacher=teacher_scheduler,
         teacher_steps=T,
-        guidance_scale=guidance_scale,
+        guidance_scale=config.guidance_scale,
         height=height,
         width=width,
-        negative_prompt=negative_prompt,
-        batch_size=batch_size,
+        negative_prompt=config.negative_prompt,
+        batch_size=config.batch_size,
         progress=progress,
     )
+    seed = config.seed
     traj, model_fn = record_teacher(pipe, fit_prompts, seed=seed, description="teacher", **common)
-    metadata = dict(model_id=key, guidance_scale=float(guidance_scale), resolution=(height, width))
+    metadata = dict(
+        model_id=key, guidance_scale=float(config.guidance_scale), resolution=(height, width)
+    )
     traj = traj.with_metadata(**metadata)
     heldout = None
     if heldout_prompts:
@@ -241,7 +266,13 @@ def calibrate(
     schedules = []
     for k in tqdm(steps, desc="fit", disable=not progress):
         schedule = search(
-            traj, k, model_fn=model_fn, method=method, gram=gram, max_paths=max_paths, progress=log
+            traj,
+            k,
+            model_fn=model_fn,
+            method=config.method,
+            gram=gram,
+            max_paths=config.max_paths,
+            progress=log,
         )
         if heldout is not None:
             schedule = schedule.with_heldout(heldout_report(schedule, *heldout))

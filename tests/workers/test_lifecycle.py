@@ -5,14 +5,11 @@ The gateway's own enqueue puts jobs in; two consumers stand for two workers.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
 import redis
-from redis.asyncio import Redis as AsyncRedis
 
-from app.queue import JobQueue
 from olss_core.job_states import JobStatus
 from olss_core.keys import (
     GROUP,
@@ -23,12 +20,13 @@ from olss_core.keys import (
     jobs_stream,
     queued_zset,
 )
-from olss_core.protocol import JobRecord, JobSpec, Timings
+from olss_core.protocol import JobRecord, Timings
 from olss_core.settings import Settings
+from tests.support.queued_jobs import MODEL, job_spec
+from tests.support.queued_jobs import enqueue as queue_jobs
 from tests.support.redis_db import unit_settings
 from workers.lifecycle import ClaimedJob, JobLifecycle, JobResult, Start
 
-MODEL = "tiny-sd"
 LEASE_MS = 200
 
 
@@ -38,17 +36,7 @@ def settings() -> Settings:
 
 
 def enqueue(settings: Settings, count: int = 1) -> list[str]:
-    async def run() -> list[str]:
-        client = AsyncRedis.from_url(settings.redis_url, decode_responses=True)
-        queue = JobQueue(client, settings)
-        spec = JobSpec(
-            model=MODEL, prompt="x", width=32, height=32, steps=5, guidance_scale=7.5, seed=1
-        )
-        ids = [(await queue.enqueue(spec)).job_id for _ in range(count)]
-        await client.aclose()
-        return ids
-
-    return asyncio.run(run())
+    return queue_jobs(settings, [job_spec()] * count)
 
 
 def worker(db: redis.Redis, settings: Settings, name: str) -> JobLifecycle:
