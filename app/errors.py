@@ -14,6 +14,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from olss_core.keys import InvalidJobId
+
 log = logging.getLogger(__name__)
 
 
@@ -129,6 +131,10 @@ def install_error_handlers(app: FastAPI) -> None:
             {"error": str(error.detail), "error_type": error_type},
             status_code=error.status_code, headers=getattr(error, "headers", None),
         )
+
+    @app.exception_handler(InvalidJobId)
+    async def _bad_id(_: Request, error: InvalidJobId) -> JSONResponse:
+        return error_response(JobNotFound(f"no job: {error}"))
 
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)

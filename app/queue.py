@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import uuid
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -24,6 +23,7 @@ from olss_core.keys import (
     idempotency_key,
     job_key,
     jobs_stream,
+    new_job_id,
     queued_zset,
 )
 from olss_core.protocol import EventType, JobEvent, JobRecord, JobSpec, now
@@ -52,7 +52,7 @@ class JobQueue:
 
     async def enqueue(self, spec: JobSpec, idempotency: str | None = None) -> Enqueued:
         """Queue ``spec`` as a new job, or return the job already made for ``idempotency``."""
-        job_id = uuid.uuid4().hex
+        job_id = new_job_id(spec.model)
         created = now()
         record = JobRecord(id=job_id, model=spec.model, spec=spec, created_at=created,
                            total_steps=spec.steps)
@@ -61,7 +61,7 @@ class JobQueue:
         ttl = self._settings.job_ttl_s
         outcome, value = await self._enqueue(
             keys=[job_key(job_id), queued_zset(spec.model), jobs_stream(spec.model),
-                  events_key(job_id), idempotency_key(idempotency or "-")],
+                  events_key(job_id), idempotency_key(spec.model, idempotency or "-")],
             args=[job_id, self._settings.max_queue_depth, ttl, created,
                   "1" if idempotency else "0", event["type"], event["data"], *flat],
         )

@@ -1,23 +1,27 @@
-"""Every Redis key name of the service, in one place.
+"""Every Redis key name of the service, in one place; every key is Redis Cluster safe.
 
-``{model}`` is a model key, ``{id}`` a job id, ``{wid}`` a worker id.
+A Lua script or MULTI must touch keys of one hash slot, so keys carry a hash tag (``{...}``):
+the per-model and per-job keys carry their model's tag (``model_tag``: a short digest of the
+model key), and a job id starts with its model's tag, so a job's keys follow from its id alone.
+The fleet's keys share the tag ``{fleet}``. ``{t}`` below is a model tag, ``{id}`` a job id
+(``t-<32 hex>``), ``{wid}`` a worker id.
 
 ==============================  ======  =====================================================
 key                             type    contents
 ==============================  ======  =====================================================
-``olss:jobs:{model}``           stream  one entry per delivery, field ``job_id``; consumer group
+``olss:{t}:jobs``               stream  one entry per delivery, field ``job_id``; consumer group
                                         ``olss-workers``; entries are deleted when acknowledged
-``olss:queued:{model}``         zset    job ids waiting to start, scored by enqueue time
+``olss:{t}:queued``             zset    job ids waiting to start, scored by enqueue time
                                         (queue depth and queue position)
-``olss:dead:{model}``           stream  dead-lettered jobs: ``job_id``, ``reason``, ``attempts``
-``olss:job:{id}``               hash    the job record (``JobRecord``), TTL ``OLSS_JOB_TTL_S``
-``olss:events:{id}``            stream  the job's events (``JobEvent``), TTL as the record
-``olss:image:{id}:{n}``         string  image ``n``'s encoded bytes, TTL as the record
-``olss:cancel:{id}``            string  set when a cancel was asked for, TTL as the record
-``olss:idem:{hash}``            string  job id for an Idempotency-Key, TTL as the record
-``olss:models``                 set     model keys that have had a worker (for queue depth)
-``olss:workers``                set     worker ids that have sent a heartbeat
-``olss:worker:{wid}``           string  the worker's ``WorkerInfo`` JSON, TTL
+``olss:{t}:dead``               stream  dead-lettered jobs: ``job_id``, ``reason``, ``attempts``
+``olss:{t}:job:{id}``           hash    the job record (``JobRecord``), TTL ``OLSS_JOB_TTL_S``
+``olss:{t}:events:{id}``        stream  the job's events (``JobEvent``), TTL as the record
+``olss:{t}:image:{id}:{n}``     string  image ``n``'s encoded bytes, TTL as the record
+``olss:{t}:cancel:{id}``        string  set when a cancel was asked for, TTL as the record
+``olss:{t}:idem:{hash}``        string  job id for an Idempotency-Key, TTL as the record
+``olss:{fleet}:models``         set     model keys that have had a worker (for queue depth)
+``olss:{fleet}:workers``        set     worker ids that have sent a heartbeat
+``olss:{fleet}:worker:{wid}``   string  the worker's ``WorkerInfo`` JSON, TTL
                                         ``OLSS_HEARTBEAT_TTL_S``: present means alive
 ``olss:finished``               pubsub  a job id, published when the job reaches a final state
                                         (wakes sync waiters; the record stays the truth)
@@ -26,47 +30,84 @@ key                             type    contents
 
 from __future__ import annotations
 
+import hashlib
+import re
+import uuid
+
 PREFIX = "olss"
 GROUP = "olss-workers"
 """The consumer group every worker of a model reads its stream with."""
-WORKERS_SET = f"{PREFIX}:workers"
-MODELS_SET = f"{PREFIX}:models"
+FLEET_TAG = "{fleet}"
+WORKERS_SET = f"{PREFIX}:{FLEET_TAG}:workers"
+MODELS_SET = f"{PREFIX}:{FLEET_TAG}:models"
 FINISHED_CHANNEL = f"{PREFIX}:finished"
 STREAM_JOB_FIELD = "job_id"
 """The one field of a jobs-stream entry."""
+MODEL_TAG_LENGTH = 10
+_JOB_ID = re.compile(rf"^([0-9a-f]{{{MODEL_TAG_LENGTH}}})-[0-9a-f]{{32}}$")
+
+
+class InvalidJobId(ValueError):
+    """A job id that no job can have (it does not start with a model tag)."""
+
+
+def model_tag(model: str) -> str:
+    """The hash tag of a model's keys: the first hex digits of SHA-256 of its model key."""
+    return hashlib.sha256(model.encode()).hexdigest()[:MODEL_TAG_LENGTH]
+
+
+def new_job_id(model: str) -> str:
+    """A fresh job id for ``model``: its tag, a dash, 32 random hex digits."""
+    return f"{model_tag(model)}-{uuid.uuid4().hex}"
+
+
+def job_tag(job_id: str) -> str:
+    """The model tag a job id starts with; ``InvalidJobId`` when it has none."""
+    match = _JOB_ID.match(job_id)
+    if match is None:
+        raise InvalidJobId(f"{job_id!r} is not a job id")
+    return match.group(1)
+
+
+def _model_prefix(model: str) -> str:
+    return f"{PREFIX}:{{{model_tag(model)}}}"
+
+
+def _job_prefix(job_id: str) -> str:
+    return f"{PREFIX}:{{{job_tag(job_id)}}}"
 
 
 def jobs_stream(model: str) -> str:
-    return f"{PREFIX}:jobs:{model}"
+    return f"{_model_prefix(model)}:jobs"
 
 
 def queued_zset(model: str) -> str:
-    return f"{PREFIX}:queued:{model}"
+    return f"{_model_prefix(model)}:queued"
 
 
 def dead_stream(model: str) -> str:
-    return f"{PREFIX}:dead:{model}"
+    return f"{_model_prefix(model)}:dead"
+
+
+def idempotency_key(model: str, digest: str) -> str:
+    return f"{_model_prefix(model)}:idem:{digest}"
 
 
 def job_key(job_id: str) -> str:
-    return f"{PREFIX}:job:{job_id}"
+    return f"{_job_prefix(job_id)}:job:{job_id}"
 
 
 def events_key(job_id: str) -> str:
-    return f"{PREFIX}:events:{job_id}"
+    return f"{_job_prefix(job_id)}:events:{job_id}"
 
 
 def image_key(job_id: str, index: int) -> str:
-    return f"{PREFIX}:image:{job_id}:{index}"
+    return f"{_job_prefix(job_id)}:image:{job_id}:{index}"
 
 
 def cancel_key(job_id: str) -> str:
-    return f"{PREFIX}:cancel:{job_id}"
-
-
-def idempotency_key(digest: str) -> str:
-    return f"{PREFIX}:idem:{digest}"
+    return f"{_job_prefix(job_id)}:cancel:{job_id}"
 
 
 def worker_key(worker_id: str) -> str:
-    return f"{PREFIX}:worker:{worker_id}"
+    return f"{PREFIX}:{FLEET_TAG}:worker:{worker_id}"
