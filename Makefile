@@ -4,20 +4,39 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The CPU build of torch 2.13.0 is on disk on the dev/CI machines; any torch>=2.1 works elsewhere.
-TORCH_SPEC ?= torch==2.13.0
 export OLSS_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: install test lint redis deploy-tools run bench clean
+# Exact versions of everything the dev extra needs (make lock writes them): installs are
+# reproducible, and the gateway and worker images install their subsets of the same versions.
+LOCKS := requirements
+DEV_LOCK := $(LOCKS)/dev.lock
 
-$(VENV)/.installed: pyproject.toml
+.PHONY: install lock test lint redis deploy-tools run bench clean
+
+# The lock is complete (tests/deploy/test_lock.py), so nothing outside it is installed; pip check
+# proves the installed set consistent. torch==2.13.0 takes its CPU build from the machine's disk.
+$(VENV)/.installed: pyproject.toml $(DEV_LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps -r $(DEV_LOCK)
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip check
 	touch $@
 
 install: $(VENV)/.installed
+
+# Resolve the lock files again after a dependency change in pyproject.toml (LOCK_ARGS=--upgrade
+# for the newest releases): the dev lock, then the gateway's and the worker's as its subsets.
+# pip-compile records the CPU torch it found on disk as torch==X+cpu; the locks say torch==X,
+# which that build and the worker image's CUDA build both satisfy.
+PIP_COMPILE := CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile --quiet --strip-extras \
+	--no-emit-index-url --no-emit-find-links --unsafe-package olss-serve --unsafe-package pip
+lock:
+	@test -x $(VENV)/bin/pip-compile || { echo "make lock needs pip-tools: make install"; exit 1; }
+	$(PIP_COMPILE) $(LOCK_ARGS) --extra dev -c $(LOCKS)/pins.txt -o $(DEV_LOCK) pyproject.toml
+	$(PIP_COMPILE) --extra gateway -c $(DEV_LOCK) -o $(LOCKS)/gateway.lock pyproject.toml
+	$(PIP_COMPILE) --extra worker -c $(DEV_LOCK) -o $(LOCKS)/worker.lock pyproject.toml
+	sed -i -E 's/^(torch==[^+]+)\+cpu$$/\1/' $(LOCKS)/*.lock
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -27,8 +46,9 @@ redis: install
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 	$(PY) -m olss_cli.dev_redis ensure
 
-# The offline deployment checks (tests/deploy) run promtool (Debian's prometheus package) and
-# docker-compose (Debian's, validates the compose files without a Docker engine).
+# The offline deployment checks (tests/deploy) run promtool (Debian's prometheus package),
+# docker-compose (Debian's, validates the compose files without a Docker engine) and kubectl
+# (renders deploy/k8s with its built-in kustomize; the dev and CI machines' image has it).
 DEPLOY_TOOLS := promtool docker-compose
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 deploy-tools:
@@ -37,6 +57,7 @@ deploy-tools:
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install \
 			-y -qq --no-install-recommends prometheus docker-compose >/dev/null; \
 	fi
+	@command -v kubectl >/dev/null || { echo "tests/deploy need kubectl (1.27+): install it"; exit 1; }
 
 test: install redis deploy-tools
 	$(VENV)/bin/ruff check .

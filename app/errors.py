@@ -1,15 +1,21 @@
 """Domain errors of the gateway and the one table that maps them to HTTP status codes.
 
-Every error response is JSON ``{"error": "...", "error_type": "..."}``.
+Every error response is JSON ``{"error": "...", "error_type": "..."}`` (``ErrorBody``), whether
+a route raised a domain error, the request failed its schema, the body was not JSON, or the
+HTTP layer refused it (404 route, 405 method, 413 body). ``error_responses`` declares the same
+body in the OpenAPI schema for every status a route can answer.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -19,18 +25,48 @@ from olss_core.keys import InvalidJobId
 log = logging.getLogger(__name__)
 
 
+class ErrorBody(BaseModel):
+    """Every error response."""
+
+    error: str
+    error_type: str
+
+
 class ServiceError(Exception):
     """Base of the domain errors; ``error_type`` is the machine-readable name."""
 
     error_type = "error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.retry_after_s = retry_after_s
+
+
+class InvalidJson(ServiceError):
+    """The body is not a JSON document (truncated, not UTF-8, nested too deeply)."""
+
+    error_type = "invalid_json"
+
+
+class BodyTooLarge(ServiceError):
+    error_type = "body_too_large"
 
 
 class InvalidRequest(ServiceError):
     error_type = "validation_error"
+
+
+class UnknownModel(ServiceError):
+    """A request names a model no worker has ever served."""
+
+    error_type = "unknown_model"
+
+
+class IdempotencyConflict(ServiceError):
+    """An Idempotency-Key reused with a different request."""
+
+    error_type = "idempotency_conflict"
 
 
 class Unauthorized(ServiceError):
@@ -39,6 +75,12 @@ class Unauthorized(ServiceError):
 
 class JobNotFound(ServiceError):
     error_type = "not_found"
+
+
+class NotAcceptable(ServiceError):
+    """No representation the route has is acceptable to the request's ``Accept``."""
+
+    error_type = "not_acceptable"
 
 
 class JobFinished(ServiceError):
@@ -60,12 +102,16 @@ class JobCanceled(ServiceError):
 class QueueFull(ServiceError):
     error_type = "queue_full"
 
-    def __init__(self, message: str, retry_after_s: int) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
+
+class TooManyStreams(ServiceError):
+    """Every event-stream slot of this gateway process is taken (``OLSS_SSE_MAX_STREAMS``)."""
+
+    error_type = "too_many_streams"
 
 
 class NoWorker(ServiceError):
+    """A known model (or the default) has no live worker."""
+
     error_type = "no_worker"
 
 
@@ -74,46 +120,111 @@ class RedisUnavailable(ServiceError):
 
 
 STATUS_CODES: dict[type[ServiceError], int] = {
-    InvalidRequest: 422,
+    InvalidJson: 400,
     Unauthorized: 401,
     JobNotFound: 404,
+    NotAcceptable: 406,
+    BodyTooLarge: 413,
     JobFinished: 409,
     JobCanceled: 409,
+    InvalidRequest: 422,
+    UnknownModel: 422,
+    IdempotencyConflict: 422,
     QueueFull: 429,
+    TooManyStreams: 429,
     JobFailed: 500,
     NoWorker: 503,
     RedisUnavailable: 503,
 }
+HTTP_ERROR_TYPES: dict[int, str] = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+}
+"""``error_type`` of the errors the HTTP layer raises itself (by status; else ``http_error``)."""
+
+ERROR_DESCRIPTIONS: dict[int, str] = {
+    400: "the body is not JSON (truncated, not UTF-8, or nested too deeply)",
+    401: "missing or wrong API key",
+    404: "no such job, image or route (or the job belongs to another API key)",
+    406: "no representation acceptable to Accept",
+    409: "the job already finished, or was canceled",
+    413: "the request body is larger than OLSS_MAX_BODY_BYTES",
+    422: "a field outside its limits, an unknown model or a reused Idempotency-Key",
+    429: "the queue or the event streams are full: retry after Retry-After seconds",
+    500: "the job failed in the worker",
+    503: "Redis is unavailable, or the model has no live worker",
+}
+REDIS_STATUSES = (503,)
+"""What any route that reads Redis can answer besides its own errors."""
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` declaring ``ErrorBody`` for each of ``statuses``."""
+    return {
+        status: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[status]}
+        for status in sorted(set(statuses))
+    }
 
 
 def error_response(error: ServiceError) -> JSONResponse:
     """The JSON response for a domain error, with its status code and headers."""
     headers: dict[str, str] = {}
-    if isinstance(error, QueueFull):
+    if error.retry_after_s is not None:
         headers["Retry-After"] = str(error.retry_after_s)
     if isinstance(error, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(error, BodyTooLarge):
+        headers["Connection"] = "close"  # the rest of the body is not read, it is dropped
     return JSONResponse(
-        {"error": error.message, "error_type": error.error_type},
+        ErrorBody(error=error.message, error_type=error.error_type).model_dump(),
         status_code=STATUS_CODES.get(type(error), 500),
         headers=headers,
     )
 
 
-def _describe_validation(error: RequestValidationError, content_type: str) -> str:
+def _field(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc if part != "body") or "body"
+
+
+def _describe_validation(error: RequestValidationError, content_type: str) -> ServiceError:
     parts = []
     for item in error.errors():
-        field = ".".join(str(p) for p in item["loc"] if p != "body") or "body"
+        if item["type"] == "json_invalid":
+            position = item["loc"][-1]
+            return InvalidJson(
+                f"body: invalid JSON at character {position}: {item['ctx']['error']}"
+            )
+        field = _field(item["loc"])
         parts.append(f"{field}: {item['msg']}")
         if field == "body" and "json" not in content_type:
             # curl -d sends application/x-www-form-urlencoded unless told otherwise.
             parts[-1] += " (send a JSON object with Content-Type: application/json, got "
             parts[-1] += f"{content_type or 'no Content-Type'})"
-    return "; ".join(parts)
+    return InvalidRequest("; ".join(parts))
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Route domain errors, request-schema errors, HTTP errors and Redis outages to JSON."""
+def _unparsable_body(cause: BaseException | None) -> ServiceError | None:
+    """FastAPI answers 400 "error parsing the body" for any error reading the body: the cause
+    is a domain error (``BodyTooLarge``), or a decoding error to name."""
+    if isinstance(cause, ServiceError):
+        return cause
+    if isinstance(cause, UnicodeDecodeError):
+        return InvalidJson(
+            f"body: not UTF-8 (byte 0x{cause.object[cause.start]:02x} at {cause.start})"
+        )
+    if isinstance(cause, RecursionError):
+        return InvalidJson("body: JSON nested too deeply")
+    if isinstance(cause, ValueError):
+        return InvalidJson(f"body: invalid JSON: {cause}")
+    return None
+
+
+def install_error_handlers(app: FastAPI, allowed_methods: Callable[[str], list[str]]) -> None:
+    """Route domain errors, request-schema errors, HTTP errors and Redis outages to JSON.
+
+    ``allowed_methods(path)`` lists every method the routes take at a path (a 405's ``Allow``).
+    """
 
     @app.exception_handler(ServiceError)
     async def _service(_: Request, error: ServiceError) -> JSONResponse:
@@ -122,15 +233,20 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _schema(request: Request, error: RequestValidationError) -> JSONResponse:
         content_type = request.headers.get("content-type", "")
-        return error_response(InvalidRequest(_describe_validation(error, content_type)))
+        return error_response(_describe_validation(error, content_type))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, error: StarletteHTTPException) -> JSONResponse:
-        error_type = "not_found" if error.status_code == 404 else "http_error"
-        return JSONResponse(
-            {"error": str(error.detail), "error_type": error_type},
-            status_code=error.status_code, headers=getattr(error, "headers", None),
+    async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        if error.status_code == 400 and (named := _unparsable_body(error.__cause__)):
+            return error_response(named)
+        headers = dict(getattr(error, "headers", None) or {})
+        if error.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request.url.path))
+        body = ErrorBody(
+            error=str(error.detail),
+            error_type=HTTP_ERROR_TYPES.get(error.status_code, "http_error"),
         )
+        return JSONResponse(body.model_dump(), status_code=error.status_code, headers=headers)
 
     @app.exception_handler(InvalidJobId)
     async def _bad_id(_: Request, error: InvalidJobId) -> JSONResponse:
@@ -140,4 +256,4 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RedisTimeoutError)
     async def _redis(_: Request, error: Exception) -> JSONResponse:
         log.warning("redis unavailable: %s", error)
-        return error_response(RedisUnavailable(f"Redis is unavailable: {error}"))
+        return error_response(RedisUnavailable(f"Redis is unavailable: {error}", retry_after_s=1))

@@ -1,7 +1,9 @@
 """The gateway's view of the live workers, read from their heartbeats.
 
 A heartbeat (``WorkerInfo``) says which model a worker serves and its OLSS schedules, so the
-gateway validates steps and guidance without importing the schedules package.
+gateway validates steps and guidance without importing the schedules package. The models that
+have ever had a worker (``MODELS_SET``) tell a model whose workers are all gone (503, it may
+come back) from one that was never served (422, a client error).
 """
 
 from __future__ import annotations
@@ -11,16 +13,19 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from app.errors import InvalidRequest, NoWorker
-from olss_core.keys import WORKERS_SET, worker_key
+from app.errors import InvalidRequest, NoWorker, UnknownModel
+from olss_core.keys import MODELS_SET, WORKERS_SET, worker_key
 from olss_core.protocol import WorkerInfo
+
+NO_WORKER_RETRY_AFTER_S = 10
 
 
 @dataclass(frozen=True)
 class Fleet:
-    """The workers with a fresh heartbeat at one moment."""
+    """The workers with a fresh heartbeat at one moment, and every model ever served."""
 
     workers: tuple[WorkerInfo, ...]
+    known_models: frozenset[str] = frozenset()
 
     def by_model(self) -> dict[str, list[WorkerInfo]]:
         """Live workers grouped by model key, keys sorted."""
@@ -29,31 +34,51 @@ class Fleet:
             groups.setdefault(info.model_key, []).append(info)
         return groups
 
-    def find(self, model: str | None) -> WorkerInfo:
-        """A worker serving ``model`` (name or key), or the only model served when ``None``."""
+    def served(self) -> list[str]:
+        """The names a request may use for the models served now (keys and configured names)."""
+        return sorted({name for w in self.workers for name in (w.model_key, w.model)})
+
+    def find(self, model: str | None, default: str | None = None) -> WorkerInfo:
+        """A worker serving ``model`` (name or key); without one, ``default`` or the only model.
+
+        An unknown ``model`` is ``UnknownModel``; a known one without a live worker, and a
+        ``default`` without one, are ``NoWorker``.
+        """
         groups = self.by_model()
-        if not groups:
-            raise NoWorker("no worker is alive")
-        if model is None:
+        wanted = model or default
+        if wanted is None:
+            if not groups:
+                raise NoWorker("no worker is alive", retry_after_s=NO_WORKER_RETRY_AFTER_S)
             if len(groups) > 1:
                 raise InvalidRequest(f"model: required when several are served: {sorted(groups)}")
             return next(iter(groups.values()))[0]
         for infos in groups.values():
-            if infos[0].serves(model):
+            if infos[0].serves(wanted):
                 return infos[0]
-        raise NoWorker(f"no live worker serves model {model!r}; served: {sorted(groups)}")
+        if model is not None and model not in self.known_models:
+            raise UnknownModel(f"model: {model!r} is not served; served: {self.served()}")
+        raise NoWorker(
+            f"no live worker serves model {wanted!r}; served now: {self.served()}",
+            retry_after_s=NO_WORKER_RETRY_AFTER_S,
+        )
 
 
 async def read_fleet(redis: Redis) -> Fleet:
     """Read every heartbeat; forget worker ids whose heartbeat key expired."""
-    ids = sorted(await redis.smembers(WORKERS_SET))
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.smembers(WORKERS_SET)
+        pipe.smembers(MODELS_SET)
+        worker_ids, models = await pipe.execute()
+    ids = sorted(worker_ids)
+    known = frozenset(models)
     if not ids:
-        return Fleet(())
+        return Fleet((), known)
     values = await redis.mget([worker_key(worker_id) for worker_id in ids])
     expired = [worker_id for worker_id, value in zip(ids, values, strict=True) if value is None]
     if expired:
         await redis.srem(WORKERS_SET, *expired)
-    return Fleet(tuple(WorkerInfo.model_validate_json(v) for v in values if v is not None))
+    workers = tuple(WorkerInfo.model_validate_json(v) for v in values if v is not None)
+    return Fleet(workers, known)
 
 
 class FleetView:

@@ -1,38 +1,37 @@
-"""Gateway side of a job's life after enqueue: its record, its events and its images."""
+"""Gateway side of a job's life after enqueue: its record and its images.
+
+A job is visible only to the API key that created it (``Caller.may_see``); to another key it
+does not exist (404). Once delivered (a sync reply, an image GET) an image's TTL is shortened
+to ``OLSS_DELIVERED_IMAGE_TTL_S``: the client has it, Redis need not keep it for the job's life.
+"""
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-
 from redis.asyncio import Redis
 
+from app.auth import Caller
 from app.errors import JobNotFound
 from olss_core.job_states import JobStatus
-from olss_core.keys import events_key, image_key, job_key
-from olss_core.protocol import EventType, JobEvent, JobRecord
-
-EVENT_BLOCK_MS = 5000
+from olss_core.keys import image_key, job_key
+from olss_core.protocol import JobRecord
 
 
-@dataclass(frozen=True)
-class StoredEvent:
-    """An event with its stream id (the SSE ``id:``, usable as ``Last-Event-ID``)."""
-
-    id: str
-    event: JobEvent
-
-
-async def get_record(redis: Redis, job_id: str) -> JobRecord:
-    data = await redis.hgetall(job_key(job_id))
+def _visible(data: dict[str, str], job_id: str, caller: Caller) -> JobRecord:
     if not data:
         raise JobNotFound(f"no job {job_id!r}")
-    return JobRecord.from_hash(data)
+    record = JobRecord.from_hash(data)
+    if not caller.may_see(record.owner):
+        raise JobNotFound(f"no job {job_id!r}")
+    return record
+
+
+async def get_record(redis: Redis, job_id: str, caller: Caller) -> JobRecord:
+    """The job's record, or ``JobNotFound`` (also for a job of another API key)."""
+    return _visible(await redis.hgetall(job_key(job_id)), job_id, caller)
 
 
 async def get_result(
-    redis_bytes: Redis, job_id: str, max_images: int
+    redis_bytes: Redis, job_id: str, max_images: int, caller: Caller
 ) -> tuple[JobRecord, list[bytes]]:
     """A finished job's record and images in one round trip (raw-bytes client).
 
@@ -42,9 +41,7 @@ async def get_result(
         pipe.hgetall(job_key(job_id))
         pipe.mget([image_key(job_id, n) for n in range(max_images)])
         data, values = await pipe.execute()
-    if not data:
-        raise JobNotFound(f"no job {job_id!r}")
-    record = JobRecord.from_hash({k.decode(): v.decode() for k, v in data.items()})
+    record = _visible({k.decode(): v.decode() for k, v in data.items()}, job_id, caller)
     count = record.spec.num_images
     if count > max_images:  # made before the limit was lowered
         values += await redis_bytes.mget([image_key(job_id, n) for n in range(max_images, count)])
@@ -57,30 +54,16 @@ async def get_result(
 async def get_image(redis_bytes: Redis, job_id: str, index: int) -> bytes:
     value = await redis_bytes.get(image_key(job_id, index))
     if value is None:
-        raise JobNotFound(f"job {job_id!r} has no image {index}")
+        raise JobNotFound(f"job {job_id!r} has no image {index} (not made yet, or expired)")
     return value
 
 
-async def follow_events(
-    redis: Redis, job_id: str, after: str = "0", timeout_s: float = 3600.0
-) -> AsyncIterator[StoredEvent]:
-    """Every event after stream id ``after``, then new ones as they come, until ``finished``.
-
-    Blocks up to ``EVENT_BLOCK_MS`` per read and stops after ``timeout_s`` without a finished
-    event. A late reader still sees every event: they are kept in the job's events stream until
-    its TTL.
-    """
-    deadline = time.monotonic() + timeout_s
-    key = events_key(job_id)
-    while (left_ms := int((deadline - time.monotonic()) * 1000)) > 0:
-        reply = await redis.xread({key: after}, count=100, block=min(EVENT_BLOCK_MS, left_ms))
-        for _, entries in reply:
-            for entry_id, fields in entries:
-                after = entry_id
-                event = JobEvent.from_fields(fields)
-                yield StoredEvent(entry_id, event)
-                if event.type is EventType.FINISHED:
-                    return
+async def delivered(redis: Redis, job_id: str, indexes: range, ttl_s: int) -> None:
+    """Shorten the TTL of delivered images to ``ttl_s`` (never lengthen it: ``EXPIRE LT``)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for index in indexes:
+            pipe.expire(image_key(job_id, index), ttl_s, lt=True)
+        await pipe.execute()
 
 
 async def is_finished(redis: Redis, job_id: str) -> bool:

@@ -4,12 +4,12 @@ Workers publish a job id on ``olss:finished`` in the same MULTI that stores the 
 gateway keeps one subscription and resolves the local waiters for that id, so a waiting request
 costs no Redis traffic until its job is done. Pub/sub can drop messages (e.g. on a reconnect),
 so a waiter also re-reads the job's status every ``POLL_S``: a lost message only delays it.
+Each notice is also counted in ``FinishRate`` (how fast each model's queue drains).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 
+from app.throughput import FinishRate
 from olss_core.keys import FINISHED_CHANNEL
 
 POLL_S = 1.0
@@ -30,62 +31,86 @@ log = logging.getLogger(__name__)
 class FinishNotifier:
     """Fans ``olss:finished`` messages out to the coroutines waiting for those jobs."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, finishes: FinishRate) -> None:
         self._redis = redis
+        self._finishes = finishes
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name="finish-notifier")
 
     async def stop(self) -> None:
+        """End the subscription. The listener also stops by itself within ``POLL_S``: a
+        cancellation inside a redis-py read can be lost (redis/redis-py#2028), and a task that
+        outlives the event loop would hang its shutdown."""
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=2 * POLL_S)
 
     async def _listen(self) -> None:
         failures = 0
-        while True:
+        while not self._stopped:
             try:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(FINISHED_CHANNEL)
                     failures = 0
-                    async for message in pubsub.listen():
-                        self._wake(message["data"])
+                    while not self._stopped:
+                        message = await pubsub.get_message(timeout=POLL_S)
+                        if message is not None:
+                            self._wake(message["data"])
             except RedisError as error:
                 failures += 1
                 log.warning("finish notices unavailable, polling meanwhile: %s", error)
                 await asyncio.sleep(RESUBSCRIBE_BACKOFF.compute(failures))
 
     def _wake(self, job_id: str) -> None:
+        self._finishes.observe(job_id)
         for future in self._waiters.pop(job_id, ()):
             if not future.done():
                 future.set_result(None)
 
     async def wait(
-        self, job_id: str, finished: Callable[[], Awaitable[bool]], timeout_s: float
-    ) -> bool:
+        self,
+        job_id: str,
+        finished: Callable[[], Awaitable[bool]],
+        timeout_s: float,
+        abandoned: asyncio.Event | None = None,
+    ) -> bool | None:
         """True once the job's notice arrives or ``finished()`` holds (checked first and on
-        each poll); False after ``timeout_s``."""
+        each poll); False after ``timeout_s``; None as soon as ``abandoned`` is set.
+
+        ``abandoned`` stops a wait without cancelling it: a task cancelled inside a redis-py
+        command can lose the cancellation (redis/redis-py#2028) and go on waiting.
+        """
         deadline = time.monotonic() + timeout_s
-        while True:
-            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.setdefault(job_id, set()).add(future)
-            try:
-                if await finished():
-                    return True
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
+        gone = asyncio.ensure_future(abandoned.wait()) if abandoned else None
+        try:
+            while True:
+                future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._waiters.setdefault(job_id, set()).add(future)
                 try:
-                    await asyncio.wait_for(future, min(left, POLL_S))
-                    return True
-                except TimeoutError:
-                    continue
-            finally:
-                waiters = self._waiters.get(job_id)
-                if waiters is not None:
-                    waiters.discard(future)
-                    if not waiters:
-                        del self._waiters[job_id]
+                    if await finished():
+                        return True
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    done, _ = await asyncio.wait(
+                        {future, gone} if gone else {future}, timeout=min(left, POLL_S),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    if future in done:
+                        return True
+                    if gone in done:
+                        return None
+                finally:
+                    waiters = self._waiters.get(job_id)
+                    if waiters is not None:
+                        waiters.discard(future)
+                        if not waiters:
+                            del self._waiters[job_id]
+        finally:
+            if gone is not None:
+                gone.cancel()

@@ -8,12 +8,13 @@ race another request, and a cancel cannot race a worker starting the job.
 from __future__ import annotations
 
 import hashlib
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from app.errors import JobFinished, JobNotFound, QueueFull
+from app.errors import IdempotencyConflict, JobFinished, JobNotFound, QueueFull
+from app.throughput import FinishRate, drain_rate, retry_after_s
 from olss_core.job_scripts import CANCEL, ENQUEUE
 from olss_core.job_states import JobStatus
 from olss_core.keys import (
@@ -26,7 +27,7 @@ from olss_core.keys import (
     new_job_id,
     queued_zset,
 )
-from olss_core.protocol import EventType, JobEvent, JobRecord, JobSpec, now
+from olss_core.protocol import EventType, JobEvent, JobRecord, JobSpec, WorkerInfo, now
 from olss_core.settings import Settings
 
 
@@ -36,46 +37,79 @@ class Enqueued:
     existing: bool = False
 
 
-def idempotency_digest(key: str, principal: str) -> str:
-    """Keys are scoped to the caller's API key, and hashed so neither is stored."""
-    return hashlib.sha256(f"{principal}\n{key}".encode()).hexdigest()
+@dataclass(frozen=True)
+class Idempotency:
+    """An ``Idempotency-Key`` as stored: its digest, and the fingerprint of its request."""
+
+    key: str
+    digest: str
+    fingerprint: str
+
+    @classmethod
+    def of(cls, key: str, principal: str, request: str) -> Idempotency:
+        """Keys are scoped to the caller's API key and hashed so neither is stored;
+        ``request`` is the canonical text of what was asked."""
+        return cls(
+            key=key,
+            digest=hashlib.sha256(f"{principal}\n{key}".encode()).hexdigest(),
+            fingerprint=hashlib.sha256(request.encode()).hexdigest(),
+        )
 
 
 class JobQueue:
     """Enqueue, measure and cancel jobs on a ``decode_responses=True`` client."""
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(
+        self, redis: Redis, settings: Settings, finishes: FinishRate | None = None
+    ) -> None:
         self._redis = redis
         self._settings = settings
+        self._finishes = finishes or FinishRate()
         self._enqueue = redis.register_script(ENQUEUE)
         self._cancel = redis.register_script(CANCEL)
 
-    async def enqueue(self, spec: JobSpec, idempotency: str | None = None) -> Enqueued:
-        """Queue ``spec`` as a new job, or return the job already made for ``idempotency``."""
+    async def enqueue(
+        self,
+        spec: JobSpec,
+        idempotency: Idempotency | None = None,
+        owner: str | None = None,
+        workers: Sequence[WorkerInfo] = (),
+    ) -> Enqueued:
+        """Queue ``spec`` as a new job, or return the job already made for ``idempotency``.
+
+        ``owner`` is the caller's key digest; ``workers`` (the model's live ones) and the
+        finishes measured set the ``Retry-After`` of a full queue (``app.throughput``).
+        """
         job_id = new_job_id(spec.model)
         created = now()
         record = JobRecord(id=job_id, model=spec.model, spec=spec, created_at=created,
-                           total_steps=spec.steps)
+                           total_steps=spec.steps, owner=owner)
         event = JobEvent(type=EventType.QUEUED, status=JobStatus.QUEUED, at=created).to_fields()
         flat = [item for pair in record.to_hash().items() for item in pair]
         ttl = self._settings.job_ttl_s
+        digest = idempotency.digest if idempotency else "-"
         outcome, value = await self._enqueue(
             keys=[job_key(job_id), queued_zset(spec.model), jobs_stream(spec.model),
-                  events_key(job_id), idempotency_key(spec.model, idempotency or "-")],
+                  events_key(job_id), idempotency_key(spec.model, digest)],
             args=[job_id, self._settings.max_queue_depth, ttl, created,
-                  "1" if idempotency else "0", event["type"], event["data"], *flat],
+                  "1" if idempotency else "0", event["type"], event["data"],
+                  idempotency.fingerprint if idempotency else "-", *flat],
         )
         if outcome == "full":
             raise QueueFull(
                 f"queue for model {spec.model!r} is full ({value} jobs waiting; "
                 f"limit OLSS_MAX_QUEUE_DEPTH={self._settings.max_queue_depth})",
-                retry_after_s=self.retry_after_s(int(value)),
+                retry_after_s=retry_after_s(
+                    int(value), drain_rate(spec.model, workers, self._finishes)
+                ),
+            )
+        if outcome == "conflict":
+            assert idempotency is not None
+            raise IdempotencyConflict(
+                f"Idempotency-Key {idempotency.key!r} was used for a different request "
+                f"(job {value}); send the same request to get that job, or use a new key"
             )
         return Enqueued(job_id=value, existing=outcome == "existing")
-
-    def retry_after_s(self, depth: int) -> int:
-        """A rough wait: the queue drains about one full batch per second per worker."""
-        return max(1, math.ceil(depth / self._settings.max_batch_size))
 
     async def depth(self, models: list[str]) -> int:
         """Jobs queued and not yet started, summed over ``models``."""

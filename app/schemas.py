@@ -6,31 +6,61 @@ configured limits and the model's schedules and turns it into a queueable ``JobS
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 from olss_core.job_states import JobStatus
-from olss_core.protocol import OutputFormat, ScheduleInfo, Timings
+from olss_core.protocol import SEED_RANGE, OutputFormat, ScheduleInfo, Timings
 from olss_core.samplers import OLSS, SchedulerName
 
-MAX_SEED = 2**32 - 1
+MAX_SEED = SEED_RANGE - 1
+SIZE_STEP = 8
+"""Widths and heights are multiples of this (the VAE's downsampling factor)."""
+
+
+def _json_integer(value: object) -> object:
+    """JSON Schema's integers: ``16`` and ``16.0`` are, ``true`` and ``"16"`` are not (pydantic's
+    lax mode would take them; its strict mode would refuse ``16.0``)."""
+    if isinstance(value, bool | str):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+JSON_INTEGER = BeforeValidator(_json_integer)
+Size = Annotated[int, Field(ge=SIZE_STEP, multiple_of=SIZE_STEP), JSON_INTEGER]
+PositiveInt = Annotated[int, Field(ge=1), JSON_INTEGER]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED), JSON_INTEGER]
 
 
 class GenerateRequest(BaseModel):
-    """Body of ``POST /generate``. Omitted fields take the model's defaults."""
+    """Body of ``POST /generate``. Omitted fields take the model's defaults.
+
+    Integers are JSON Schema's (``16.0`` is 16; ``true`` and ``"16"`` are not). The deployment's
+    limits (prompt length, sizes per model, steps, the calibrated OLSS step counts) are applied
+    by ``app.validation`` and stated in the served OpenAPI schema (``app.openapi``).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(min_length=1, description="limited to OLSS_MAX_PROMPT_CHARS characters")
     negative_prompt: str | None = None
-    width: int | None = Field(None, gt=0, description="multiple of 8; default: the model's")
-    height: int | None = Field(None, gt=0, description="multiple of 8; default: the model's")
-    steps: int | None = Field(None, ge=1, description="default: the model's default schedule")
-    guidance_scale: float | None = Field(None, ge=0, description="default: the schedule's")
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="random when absent")
-    num_images: int = Field(1, ge=1, description="limited to OLSS_MAX_NUM_IMAGES")
+    width: Size | None = Field(None, description="default: the model's native width")
+    height: Size | None = Field(None, description="default: the model's native height")
+    steps: PositiveInt | None = Field(None, description="default: the model's default schedule")
+    guidance_scale: float | None = Field(
+        None, ge=0, strict=True, description="default: the schedule's"
+    )
+    seed: Seed | None = Field(
+        None, description="random when absent; image n uses (seed + n) mod 2^32"
+    )
+    num_images: PositiveInt = Field(1, description="limited to OLSS_MAX_NUM_IMAGES")
     scheduler: SchedulerName = OLSS
     output_format: OutputFormat | None = Field(None, description="default: from Accept, else png")
-    model: str | None = Field(None, description="default: OLSS_MODEL or the one model served")
+    model: str | None = Field(
+        None, min_length=1, description="default: OLSS_MODEL or the one model served"
+    )
 
 
 class JobLinks(BaseModel):
@@ -117,23 +147,36 @@ class ModelView(BaseModel):
     name: str
     key: str
     workers: int
-    width: int
-    height: int
+    width: int = Field(description="native width")
+    height: int = Field(description="native height")
+    max_width: int = Field(description="largest width a request may ask of this model")
+    max_height: int = Field(description="largest height a request may ask of this model")
+    images_per_s: float | None = Field(description="the workers' reported throughput, summed")
     schedulers: list[str]
     schedules: list[ScheduleInfo]
     default_schedule: str | None
 
 
 class Limits(BaseModel):
+    """The deployment's limits (settings); each model's sizes are in ``models``."""
+
     max_prompt_chars: int
     min_size: int
     max_width: int
     max_height: int
+    max_size_factor: float
     max_steps: int
     max_num_images: int
     max_guidance_scale: float
     max_queue_depth: int
     sync_timeout_s: float
+    job_ttl_s: int = Field(description="job records and events are kept this long")
+    image_ttl_s: int = Field(description="images are kept this long after the job finished")
+    delivered_image_ttl_s: int = Field(
+        description="an image is kept this long once a sync reply or an image GET delivered it"
+    )
+    max_body_bytes: int
+    sse_max_streams: int
 
 
 class InfoView(BaseModel):

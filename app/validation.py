@@ -1,20 +1,46 @@
 """The validation stage: a ``GenerateRequest`` plus the live workers' heartbeats -> ``JobSpec``.
 
-Applies the configured limits (each 422 names the field and the limit), fills the model's
-defaults, picks the OLSS schedule and draws a seed. Only its output reaches the queue.
+Applies the configured limits and the model's own (each 422 names the field and the limit),
+fills the model's defaults, picks the OLSS schedule and draws a seed. Only its output reaches
+the queue. The same limits are stated in ``/v1/info`` and in the served OpenAPI schema.
 """
 
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 
 from app.errors import InvalidRequest
 from app.fleet import Fleet
-from app.schemas import MAX_SEED, GenerateRequest
+from app.schemas import SIZE_STEP, GenerateRequest
 from olss_core.guidance import nearest_guidance
-from olss_core.protocol import JobSpec, OutputFormat, ScheduleInfo, WorkerInfo
+from olss_core.protocol import SEED_RANGE, JobSpec, OutputFormat, ScheduleInfo, WorkerInfo
 from olss_core.samplers import OLSS
 from olss_core.settings import Settings
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """The largest image a model takes: what its workers report, else ``OLSS_MAX_SIZE_FACTOR``
+    times its native size; never past ``OLSS_MAX_WIDTH`` / ``OLSS_MAX_HEIGHT``.
+
+    A denoising step costs about linearly in pixels, so a side limit bounds a step's cost to
+    ``factor**2`` times the native one (olss-digits, 16x16 native: at most 32x32).
+    """
+
+    max_width: int
+    max_height: int
+
+    @classmethod
+    def of(cls, worker: WorkerInfo, settings: Settings) -> ModelLimits:
+        def side(native: int, reported: int | None, cap: int) -> int:
+            derived = int(native * settings.max_size_factor) // SIZE_STEP * SIZE_STEP
+            return max(settings.min_size, min(reported or derived, cap))
+
+        return cls(
+            max_width=side(worker.width, worker.max_width, settings.max_width),
+            max_height=side(worker.height, worker.max_height, settings.max_height),
+        )
 
 
 def check_limits(body: GenerateRequest, settings: Settings) -> None:
@@ -23,18 +49,6 @@ def check_limits(body: GenerateRequest, settings: Settings) -> None:
         if text is not None and len(text) > settings.max_prompt_chars:
             raise InvalidRequest(
                 f"{field}: at most {settings.max_prompt_chars} characters (got {len(text)})"
-            )
-    for field, value, limit in (
-        ("width", body.width, settings.max_width),
-        ("height", body.height, settings.max_height),
-    ):
-        if value is None:
-            continue
-        if value % 8:
-            raise InvalidRequest(f"{field}: must be a multiple of 8 (got {value})")
-        if not settings.min_size <= value <= limit:
-            raise InvalidRequest(
-                f"{field}: must be between {settings.min_size} and {limit} (got {value})"
             )
     if body.steps is not None and body.steps > settings.max_steps:
         raise InvalidRequest(f"steps: at most {settings.max_steps} (got {body.steps})")
@@ -47,6 +61,20 @@ def check_limits(body: GenerateRequest, settings: Settings) -> None:
         raise InvalidRequest(
             f"guidance_scale: at most {settings.max_guidance_scale} (got {guidance})"
         )
+
+
+def check_size(body: GenerateRequest, worker: WorkerInfo, settings: Settings) -> None:
+    """Raise ``InvalidRequest`` for a width or height outside the model's limits."""
+    limits = ModelLimits.of(worker, settings)
+    for field, value, limit in (
+        ("width", body.width, limits.max_width),
+        ("height", body.height, limits.max_height),
+    ):
+        if value is not None and not settings.min_size <= value <= limit:
+            raise InvalidRequest(
+                f"{field}: must be between {settings.min_size} and {limit} for model "
+                f"{worker.model_key!r} (got {value})"
+            )
 
 
 def _describe(schedules: list[ScheduleInfo]) -> str:
@@ -81,14 +109,12 @@ def pick_schedule(
 
 
 def build_job_spec(
-    body: GenerateRequest,
-    fleet: Fleet,
-    settings: Settings,
-    accept_format: OutputFormat | None = None,
+    body: GenerateRequest, fleet: Fleet, settings: Settings, output_format: OutputFormat
 ) -> JobSpec:
     """Validate ``body`` against the limits and the model's worker; resolve every default."""
     check_limits(body, settings)
-    worker = fleet.find(body.model or settings.model)
+    worker = fleet.find(body.model, default=settings.model)
+    check_size(body, worker, settings)
     if body.scheduler == OLSS:
         schedule = pick_schedule(worker, body.steps, body.guidance_scale)
         steps, guidance = schedule.steps, schedule.guidance_scale
@@ -105,8 +131,8 @@ def build_job_spec(
         height=body.height or worker.height,
         steps=steps,
         guidance_scale=guidance,
-        seed=secrets.randbelow(MAX_SEED + 1) if body.seed is None else body.seed,
+        seed=secrets.randbelow(SEED_RANGE) if body.seed is None else body.seed,
         num_images=body.num_images,
         scheduler=body.scheduler,
-        output_format=body.output_format or accept_format or "png",
+        output_format=output_format,
     )

@@ -1,17 +1,23 @@
-"""Service load benchmark: N concurrent clients against a real gateway and worker.
+"""Service load benchmark: N concurrent clients against a real gateway and worker, and the
+worker's own engine at the same batch size, in one run.
 
-Starts Redis-backed ``olss gateway`` and ``olss worker`` processes for the tiny offline
-pipeline (with 4/5-step OLSS schedules calibrated at start), then runs closed-loop clients that
-each send sync ``POST /generate`` requests (JSON reply, the default 5-step OLSS schedule) one
-after another. Per request it records the end-to-end time seen by the client and the worker's
-own timings from the reply, so the service overhead
-(end-to-end minus inference) comes from the same run. Finally it restarts the worker with
-``OLSS_MAX_BATCH_SIZE=1`` and repeats the largest client count: batched vs unbatched.
+Starts Redis-backed ``olss gateway`` and ``olss worker`` processes for the tiny offline pipeline
+(with 4/5-step OLSS schedules calibrated at start), then runs closed-loop clients that each send
+sync ``POST /generate`` requests (JSON reply, the default 5-step OLSS schedule) one after
+another. Per request it records the client's end-to-end time and the worker's own timings from
+the reply, so the service overhead (end-to-end minus the inference of the request's batch) comes
+from the same run. The engine's own throughput is measured in this process with the worker's
+loading and settings (``workers.startup.load_model``), batches of ``--max-batch-size`` jobs back
+to back, between the client levels, while the service is idle. ``--ablate`` restarts the worker
+with each of its serving switches off (``OLSS_ADAPTIVE_BATCH_WAIT``, ``OLSS_OVERLAP_RESULTS``) and
+with ``OLSS_MAX_BATCH_SIZE=1`` and repeats the levels named by ``--ablate-clients``.
 
     .venv/bin/python -m bench.service_load                 # 1, 8, 32 clients
-    .venv/bin/python -m bench.service_load --clients 1 8 --requests 64
+    .venv/bin/python -m bench.service_load --clients 1 8 --requests 64 --ablate
 
-Loopback only; Redis database 12 by default (flushed).
+Targets (issue 10, on this 2-core machine): overhead p50 at most 5 ms at 1 client and at most
+10 ms at 8 clients; at 32 clients, service throughput at least 90% of the engine's at the same
+batch size. Loopback only; a private Redis for the run.
 """
 
 from __future__ import annotations
@@ -23,94 +29,253 @@ import platform
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from devtools.tiny_pipeline import save_tiny_pipeline
 from tests.support.processes import Gateway, Worker, service_env, spawn_gateway, spawn_worker
 from tests.support.redis_db import clean_db, redis_url
-from tests.support.schedules import calibrate_test_schedules
 
 SYNC_TIMEOUT_S = 600
+TARGET_OVERHEAD_MS = {1: 5.0, 8: 10.0}
+TARGET_THROUGHPUT_SHARE = 0.9
+BENCH_DB = 12
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One request: client-side end-to-end and the worker's timings, in milliseconds."""
+    """One request: client-side end-to-end and the worker's timings, in milliseconds.
+
+    ``total_ms`` is enqueue to stored; so ``e2e - total`` is the gateway and the wire (request
+    in, result out), ``queue`` is enqueue to start and ``total - queue - inference`` the
+    worker's time outside the batch's inference (start, store).
+    """
 
     e2e_ms: float
     inference_ms: float
     queue_ms: float
+    total_ms: float
     batch_size: int
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 @dataclass(frozen=True)
 class LevelResult:
+    """One client count against one worker configuration."""
+
+    config: str
     clients: int
     max_batch_size: int
     samples: list[Sample]
     wall_s: float
+    load_before: float
+    load_after: float
 
     @property
     def throughput(self) -> float:
         return len(self.samples) / self.wall_s
 
-    def percentile(self, values: list[float], q: float) -> float:
-        ordered = sorted(values)
-        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+    @property
+    def generating_s(self) -> float:
+        """Seconds the worker spent generating this level's batches (each batch's inference,
+        shared by its jobs)."""
+        return sum(s.inference_ms / 1000 / s.batch_size for s in self.samples)
+
+    def overhead_p(self, q: float) -> float:
+        return percentile([s.e2e_ms - s.inference_ms for s in self.samples], q)
+
+    def e2e_p(self, q: float) -> float:
+        return percentile([s.e2e_ms for s in self.samples], q)
 
     def row(self) -> str:
-        e2e = [s.e2e_ms for s in self.samples]
-        overhead = [s.e2e_ms - s.inference_ms for s in self.samples]
-        transport = [s.e2e_ms - s.inference_ms - s.queue_ms for s in self.samples]
-        batch = statistics.mean(s.batch_size for s in self.samples)
-        p = self.percentile
+        samples = self.samples
+        gateway = percentile([s.e2e_ms - s.total_ms for s in samples], 0.5)
+        queue = percentile([s.queue_ms for s in samples], 0.5)
+        worker = percentile([s.total_ms - s.queue_ms - s.inference_ms for s in samples], 0.5)
+        batch = statistics.mean(s.batch_size for s in samples)
         return (
-            f"| {self.clients} | {self.max_batch_size} | {len(self.samples)} | "
-            f"{self.throughput:.1f} | {p(e2e, 0.5):.0f} | {p(e2e, 0.99):.0f} | "
-            f"{p(overhead, 0.5):.1f} | {p(overhead, 0.99):.1f} | {p(transport, 0.5):.1f} | "
-            f"{p(transport, 0.99):.1f} | {batch:.1f} |"
+            f"| {self.config} | {self.clients} | {self.max_batch_size} | {len(samples)} | "
+            f"{self.throughput:.1f} | {self.e2e_p(0.5):.0f} / {self.e2e_p(0.99):.0f} | "
+            f"{self.overhead_p(0.5):.1f} / {self.overhead_p(0.99):.1f} | {gateway:.1f} | "
+            f"{queue:.1f} | {worker:.1f} | {batch:.1f} | "
+            f"{self.load_before:.1f}-{self.load_after:.1f} |"
         )
 
 
 HEADER = (
-    "| clients | max batch | requests | throughput (img/s) | e2e p50 (ms) | e2e p99 (ms) | "
-    "overhead p50 (ms) | overhead p99 (ms) | overhead − queue p50 (ms) | "
-    "overhead − queue p99 (ms) | mean batch |\n|" + "---|" * 11
+    "| worker | clients | max batch | requests | throughput (img/s) | e2e p50 / p99 (ms) | "
+    "overhead p50 / p99 (ms) | gateway and wire p50 | queue p50 | worker outside inference "
+    "p50 | mean batch | load avg |\n|" + "---|" * 12
 )
 
 
-async def _client(http: httpx.AsyncClient, client_id: int, requests: int) -> list[Sample]:
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+async def _client(
+    http: httpx.AsyncClient, client_id: int, requests: int, body: dict
+) -> list[Sample]:
     samples = []
     for n in range(requests):
         seed = (client_id + 1) * 1000 + n
-        body = {"prompt": f"bench client {client_id} request {n}", "seed": seed}
+        payload = {**body, "prompt": f"bench client {client_id} request {n}", "seed": seed}
         start = time.perf_counter()
-        response = await http.post("/generate", json=body)
+        response = await http.post("/generate", json=payload)
         e2e_ms = (time.perf_counter() - start) * 1000
         response.raise_for_status()
         timings = response.json()["timings"]
         samples.append(Sample(e2e_ms, timings["inference"] * 1000, timings["queue"] * 1000,
-                              timings["batch_size"]))
+                              timings["total"] * 1000, timings["batch_size"]))
     return samples
 
 
-async def run_level(url: str, clients: int, requests: int, max_batch: int) -> LevelResult:
-    """``clients`` closed-loop clients sharing ``requests`` requests (at least one each)."""
-    per_client = max(1, requests // clients)
+async def run_level(
+    url: str, config: str, clients: int, requests: int, max_batch: int, body: dict | None = None
+) -> LevelResult:
+    """``clients`` closed-loop clients sharing ``requests`` requests (at least two each)."""
+    per_client = max(2, requests // clients)
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
-        await _client(http, -1, 2)  # warm the connection path
+    body = body or {}
+    async with httpx.AsyncClient(base_url=url, timeout=SYNC_TIMEOUT_S, limits=limits) as http:
+        await _client(http, -1, 2, body)  # warm the connection path
+        load_before = load_average()
         start = time.perf_counter()
-        parts = await asyncio.gather(*(_client(http, c, per_client) for c in range(clients)))
+        parts = await asyncio.gather(
+            *(_client(http, c, per_client, body) for c in range(clients))
+        )
         wall = time.perf_counter() - start
-    return LevelResult(clients, max_batch, [s for part in parts for s in part], wall)
+    samples = [s for part in parts for s in part]
+    return LevelResult(config, clients, max_batch, samples, wall, load_before, load_average())
 
 
-def _start_worker(env: dict[str, str]) -> Worker:
-    return spawn_worker(env).wait_ready()
+@dataclass
+class Service:
+    """A gateway on a private Redis, and one worker at a time with given settings."""
+
+    env: dict[str, str]
+    gateway: Gateway
+    cold_starts_s: list[float] = field(default_factory=list)
+
+    @contextmanager
+    def worker(self, **settings: object) -> Iterator[Worker]:
+        """A worker with ``settings`` (``OLSS_`` names without the prefix) on top of the
+        service's; its spawn-to-ready time goes to ``cold_starts_s``."""
+        env = {**self.env, **{f"OLSS_{k.upper()}": str(v) for k, v in settings.items()}}
+        started = time.perf_counter()
+        worker = spawn_worker(env).wait_ready(timeout_s=SYNC_TIMEOUT_S)
+        self.cold_starts_s.append(time.perf_counter() - started)
+        try:
+            yield worker
+        finally:
+            worker.stop()
+
+    def level(
+        self, config: str, clients: int, requests: int, max_batch: int, body: dict | None = None
+    ) -> LevelResult:
+        return asyncio.run(run_level(self.gateway.url, config, clients, requests, max_batch, body))
+
+
+@contextmanager
+def service(
+    model: Path, schedule_dir: Path, cache_dir: Path, threads: str, **settings: object
+) -> Iterator[Service]:
+    """A gateway (and the environment for workers) serving ``model`` on a private Redis."""
+    with clean_db(BENCH_DB):
+        env = service_env(redis_url(BENCH_DB), schedule_dir=schedule_dir, model=model,
+                          cache_dir=cache_dir, **settings)
+        env["OMP_NUM_THREADS"] = threads
+        env["OLSS_SYNC_TIMEOUT_S"] = str(SYNC_TIMEOUT_S)  # every request gets its image
+        gateway = spawn_gateway(env)
+        try:
+            gateway.wait_ready()
+            yield Service(env, gateway)
+        finally:
+            gateway.stop()
+
+
+@dataclass(frozen=True)
+class EngineRate:
+    """The worker's engine alone: batches of ``batch`` one-image jobs back to back."""
+
+    batch: int
+    batches: int
+    seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.batch * self.batches / self.seconds
+
+
+def engine_throughput(
+    model: Path, schedule_dir: Path, cache_dir: Path, batch: int, batches: int, **settings: object
+) -> EngineRate:
+    """Load ``model`` with the worker's own start-up and settings, warm it up, then time
+    ``batches`` batches of ``batch`` default-schedule jobs (what the service batches)."""
+    from olss_core.protocol import JobSpec
+    from olss_core.samplers import OLSS
+    from olss_core.settings import load_settings
+    from workers.startup import load_model
+    from workers.warm_up import warm_up
+
+    config = load_settings(model=str(model), schedule_dir=schedule_dir, cache_dir=cache_dir,
+                           max_batch_size=batch, **settings)
+    loaded = load_model(config, str(model))
+    engine = loaded.engine
+    warm_up(engine, loaded.key, engine.bank.schedules, loaded.warm_batch_sizes)
+    loaded.finish_warm_up()
+    default = engine.bank.default_schedule(7.5)
+    assert default is not None, f"no OLSS schedule for {loaded.key}"
+    width, height = engine.native_size
+    specs = [
+        JobSpec(model=loaded.key, prompt=f"engine request {n}", width=width, height=height,
+                steps=default.steps, guidance_scale=default.guidance_scale, seed=n,
+                scheduler=OLSS)
+        for n in range(batch)
+    ]
+    engine.generate(specs)
+    start = time.perf_counter()
+    for _ in range(batches):
+        engine.generate(specs)
+    return EngineRate(batch, batches, time.perf_counter() - start)
+
+
+def targets(results: list[LevelResult], engine: EngineRate | None) -> list[str]:
+    """The issue's targets, judged on the default worker's levels of this run."""
+    lines = []
+    default = {r.clients: r for r in results if r.config == "default"}
+    for clients, limit in TARGET_OVERHEAD_MS.items():
+        if clients in default:
+            p50 = default[clients].overhead_p(0.5)
+            verdict = "met" if p50 <= limit else "not met"
+            lines.append(f"overhead p50 at {clients} client(s): {p50:.1f} ms "
+                         f"(target <= {limit:g} ms): {verdict}")
+    top = max(default) if default else None
+    if top is not None and engine is not None:
+        share = default[top].throughput / engine.images_per_s
+        verdict = "met" if share >= TARGET_THROUGHPUT_SHARE else "not met"
+        level = default[top]
+        lines.append(
+            f"throughput at {top} clients: {level.throughput:.2f} img/s = {share:.0%} of "
+            f"the engine's {engine.images_per_s:.2f} img/s at batch {engine.batch} "
+            f"(target >= {TARGET_THROUGHPUT_SHARE:.0%}): {verdict}; the worker was generating "
+            f"{level.generating_s / level.wall_s:.0%} of the time, at "
+            f"{len(level.samples) / level.generating_s:.2f} img/s while it was"
+        )
+    return lines
+
+
+ABLATIONS = {
+    "adaptive wait off": {"adaptive_batch_wait": "false"},
+    "overlap off": {"overlap_results": "false"},
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,50 +283,71 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=128,
                         help="requests per client count (split across its clients)")
-    parser.add_argument("--db", type=int, default=12, help="Redis database (flushed)")
     parser.add_argument("--torch-threads", default="1", help="OMP_NUM_THREADS for the worker")
     parser.add_argument("--max-batch-size", type=int, default=8)
-    parser.add_argument("--max-batch-wait-ms", type=int, default=10)
+    parser.add_argument("--max-batch-wait-ms", type=int, default=50)
+    parser.add_argument("--engine-batches", type=int, default=12,
+                        help="batches timed for the engine's own throughput")
+    parser.add_argument("--ablate", action="store_true",
+                        help="also run with each serving switch off, and unbatched")
+    parser.add_argument("--ablate-clients", type=int, nargs="+", default=[1, 8])
     args = parser.parse_args(argv)
+
+    from devtools.tiny_pipeline import save_tiny_pipeline
+    from tests.support.schedules import calibrate_test_schedules
 
     work = Path(tempfile.mkdtemp(prefix="olss-bench-"))
     model = save_tiny_pipeline(work / "tiny-sd")
-    calibrate_test_schedules(model, work / "schedules")
+    schedules = work / "schedules"
+    calibrate_test_schedules(model, schedules)
+    cache = work / "cache"
     results: list[LevelResult] = []
-    with clean_db(args.db):
-        base = service_env(redis_url(args.db), schedule_dir=work / "schedules", model=model,
-                           cache_dir=work / "cache")
-        base["OMP_NUM_THREADS"] = args.torch_threads
-        base["OLSS_MAX_BATCH_WAIT_MS"] = str(args.max_batch_wait_ms)
-        base["OLSS_SYNC_TIMEOUT_S"] = str(SYNC_TIMEOUT_S)  # every request gets its image
-        gateway: Gateway = spawn_gateway(base)
-        try:
-            gateway.wait_ready()
-            for max_batch, levels in ((args.max_batch_size, args.clients),
-                                      (1, [max(args.clients)])):
-                worker = _start_worker({**base, "OLSS_MAX_BATCH_SIZE": str(max_batch)})
-                try:
-                    for clients in levels:
-                        result = asyncio.run(
-                            run_level(gateway.url, clients, args.requests, max_batch)
-                        )
-                        results.append(result)
-                        print(result.row(), flush=True)
-                finally:
-                    worker.stop()
-        finally:
-            gateway.stop()
+    engine: EngineRate | None = None
+    cold_starts: list[float] = []
+    started_load = load_average()
+    with service(model, schedules, cache, args.torch_threads,
+                 max_batch_wait_ms=args.max_batch_wait_ms) as svc:
+        runs: list[tuple[str, dict[str, object], list[int], int]] = [
+            ("default", {}, args.clients, args.max_batch_size)
+        ]
+        if args.ablate:
+            runs += [(name, extra, args.ablate_clients, args.max_batch_size)
+                     for name, extra in ABLATIONS.items()]
+            runs.append(("unbatched", {}, [max(args.clients)], 1))
+        for config, extra, levels, max_batch in runs:
+            with svc.worker(max_batch_size=max_batch, **extra):
+                for clients in levels:
+                    results.append(svc.level(config, clients, args.requests, max_batch))
+                    print(results[-1].row(), flush=True)
+                if config == "default":
+                    import torch
+
+                    torch.set_num_threads(int(args.torch_threads))
+                    engine = engine_throughput(model, schedules, cache, args.max_batch_size,
+                                               args.engine_batches)
+                    print(f"engine alone: {engine.images_per_s:.2f} img/s", flush=True)
+        cold_starts = svc.cold_starts_s
 
     print(f"\nmachine: {platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or 'cpu'}; "
-          f"OLSS_MAX_BATCH_WAIT_MS={args.max_batch_wait_ms}, OMP_NUM_THREADS={args.torch_threads}")
+          f"load average {started_load:.1f} at the start, {load_average():.1f} at the end; "
+          f"OLSS_MAX_BATCH_WAIT_MS={args.max_batch_wait_ms}, "
+          f"OMP_NUM_THREADS={args.torch_threads}")
     print(HEADER)
     for result in results:
         print(result.row())
+    if engine is not None:
+        print(f"\nengine alone (in this process, the worker's load_model and settings, "
+              f"{engine.batches} batches of {engine.batch}): {engine.images_per_s:.2f} img/s")
+    print("worker start to ready (spawn to first heartbeat): "
+          + ", ".join(f"{seconds:.1f} s" for seconds in cold_starts))
+    for line in targets(results, engine):
+        print(line)
     top = max(args.clients)
-    batched = next(r for r in results if r.clients == top and r.max_batch_size > 1)
-    unbatched = next(r for r in results if r.clients == top and r.max_batch_size == 1)
-    print(f"\nbatched / unbatched throughput at {top} clients: "
-          f"{batched.throughput / unbatched.throughput:.2f}x")
+    batched = next((r for r in results if r.clients == top and r.config == "default"), None)
+    unbatched = next((r for r in results if r.config == "unbatched"), None)
+    if batched and unbatched:
+        print(f"batched / unbatched throughput at {top} clients: "
+              f"{batched.throughput / unbatched.throughput:.2f}x")
     return 0
 
 

@@ -52,23 +52,30 @@ def _lua(template: str) -> str:
 
 ENQUEUE = _lua("""
 -- enqueue (gateway): a new job record, its queued event and its stream entry, or the job
--- already made for an idempotency key, or 'full' past the depth limit.
+-- already made for an idempotency key ('existing'; 'conflict' when that job was made for a
+-- request with another fingerprint), or 'full' past the depth limit.
 -- KEYS: job, queued zset, stream, events, idempotency (may be unused)
--- ARGV: job id, max depth, ttl, now, use idempotency (0/1), queued event fields x2, record fields
+-- ARGV: job id, max depth, ttl, now, use idempotency (0/1), queued event fields x2,
+--       request fingerprint, record fields
+-- The idempotency key holds '<job id> <fingerprint>' (a bare job id before fingerprints).
 if ARGV[5] == '1' then
   local existing = redis.call('GET', KEYS[5])
-  if existing then return {'existing', existing} end
+  if existing then
+    local id, fingerprint = string.match(existing, '^(%S+) ?(%S*)$$')
+    if fingerprint ~= '' and fingerprint ~= ARGV[8] then return {'conflict', id} end
+    return {'existing', id}
+  end
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[4]) - tonumber(ARGV[3]))
 local depth = redis.call('ZCARD', KEYS[2])
 if depth >= tonumber(ARGV[2]) then return {'full', tostring(depth)} end
-redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+redis.call('HSET', KEYS[1], unpack(ARGV, 9))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('XADD', KEYS[4], '*', 'type', ARGV[6], 'data', ARGV[7])
 redis.call('EXPIRE', KEYS[4], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
 redis.call('XADD', KEYS[3], '*', $JOB_FIELD, ARGV[1])
-if ARGV[5] == '1' then redis.call('SET', KEYS[5], ARGV[1], 'EX', ARGV[3]) end
+if ARGV[5] == '1' then redis.call('SET', KEYS[5], ARGV[1] .. ' ' .. ARGV[8], 'EX', ARGV[3]) end
 return {'new', ARGV[1]}
 """)
 

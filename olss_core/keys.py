@@ -16,9 +16,11 @@ key                             type    contents
 ``olss:{t}:dead``               stream  dead-lettered jobs: ``job_id``, ``reason``, ``attempts``
 ``olss:{t}:job:{id}``           hash    the job record (``JobRecord``), TTL ``OLSS_JOB_TTL_S``
 ``olss:{t}:events:{id}``        stream  the job's events (``JobEvent``), TTL as the record
-``olss:{t}:image:{id}:{n}``     string  image ``n``'s encoded bytes, TTL as the record
+``olss:{t}:image:{id}:{n}``     string  image ``n``'s encoded bytes, TTL ``OLSS_IMAGE_TTL_S``,
+                                        cut to ``OLSS_DELIVERED_IMAGE_TTL_S`` once delivered
 ``olss:{t}:cancel:{id}``        string  set when a cancel was asked for, TTL as the record
-``olss:{t}:idem:{hash}``        string  job id for an Idempotency-Key, TTL as the record
+``olss:{t}:idem:{hash}``        string  ``<job id> <request fingerprint>`` for an
+                                        Idempotency-Key, TTL as the record
 ``olss:{fleet}:models``         set     model keys that have had a worker (for queue depth)
 ``olss:{fleet}:workers``        set     worker ids that have sent a heartbeat
 ``olss:{fleet}:worker:{wid}``   string  the worker's ``WorkerInfo`` JSON, TTL

@@ -17,6 +17,8 @@ from olss_core.samplers import OLSS, SchedulerName
 
 OUTPUT_FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 OutputFormat = Literal["png", "jpeg", "webp"]
+SEED_RANGE = 2**32
+"""Seeds are 0 .. SEED_RANGE - 1."""
 
 
 def now() -> float:
@@ -53,8 +55,9 @@ class JobSpec(BaseModel):
 
     @property
     def seeds(self) -> list[int]:
-        """One seed per image: ``seed``, ``seed + 1``, ..."""
-        return [self.seed + i for i in range(self.num_images)]
+        """One seed per image: ``seed``, ``seed + 1``, ... modulo ``SEED_RANGE`` (so every seed
+        stays in the range a request accepts)."""
+        return [(self.seed + i) % SEED_RANGE for i in range(self.num_images)]
 
     @property
     def content_type(self) -> str:
@@ -92,6 +95,9 @@ class JobRecord(BaseModel):
     timings: Timings | None = None
     error: str | None = None
     error_type: str | None = None
+    owner: str | None = Field(
+        None, description="digest of the API key that created the job (None without auth)"
+    )
 
     @classmethod
     def fields(cls, **values: Any) -> dict[str, str]:
@@ -171,6 +177,14 @@ class WorkerInfo(BaseModel):
     schedulers: list[str]
     width: int = Field(description="the model's native image width")
     height: int
+    max_width: int | None = Field(
+        None, description="largest width the worker takes (None: the gateway derives it from "
+        "width and OLSS_MAX_SIZE_FACTOR)"
+    )
+    max_height: int | None = Field(None, description="largest height, as max_width")
+    images_per_s: float | None = Field(
+        None, description="measured throughput of this worker (None: not measured yet)"
+    )
     max_batch_size: int
     metrics_port: int
     pid: int

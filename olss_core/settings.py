@@ -45,12 +45,42 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="log level of every process"
     )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines of every process: text, or one JSON object per line"
+    )
 
     # Gateway
     gateway_host: str = Field("127.0.0.1", description="gateway: address to listen on")
     gateway_port: int = Field(8000, ge=0, le=65535, description="gateway: port to listen on")
     api_keys: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="gateway: comma-separated bearer keys; empty = no auth"
+        default_factory=list, description="gateway: comma-separated bearer keys; unset or empty "
+        "= no auth (a list of only commas or spaces stops start-up)"
+    )
+    log_prompts: bool = Field(
+        False, description="gateway: log each job's prompt at INFO (off: prompts are never logged)"
+    )
+    max_body_bytes: int = Field(
+        262_144, ge=1024, description="gateway: largest request body (413 past it)"
+    )
+    max_header_bytes: int = Field(
+        16_384, ge=1024, description="gateway: largest request line plus headers (400 past it)"
+    )
+    request_timeout_s: float = Field(
+        10.0, gt=0, description="gateway: a client must send a whole request (headers and "
+        "body) within this long, else its connection is closed"
+    )
+    keep_alive_s: int = Field(
+        5, ge=1, description="gateway: an idle keep-alive connection is closed after this long"
+    )
+    sse_max_streams: int = Field(
+        2000, ge=1, description="gateway: concurrent event streams per process (429 past it)"
+    )
+    redis_max_connections: int = Field(
+        64, ge=4, description="gateway: connections per Redis pool (two pools); a request "
+        "waits for a free one"
+    )
+    redis_pool_timeout_s: float = Field(
+        5.0, gt=0, description="gateway: wait this long for a free Redis connection, then 503"
     )
     max_queue_depth: int = Field(
         256, ge=1, description="gateway: queued (not yet started) jobs per model before 429"
@@ -61,6 +91,14 @@ class Settings(BaseSettings):
 
     # Jobs and queue
     job_ttl_s: int = Field(3600, ge=10, description="job record, images and events expire after")
+    image_ttl_s: int = Field(
+        600, ge=1, description="worker: a finished job's images expire this long after it "
+        "finished (capped at OLSS_JOB_TTL_S)"
+    )
+    delivered_image_ttl_s: int = Field(
+        60, ge=1, description="gateway: an image expires this long after a sync reply or an "
+        "image GET delivered it"
+    )
     max_attempts: int = Field(3, ge=1, description="deliveries before the dead-letter stream")
     lease_ms: int = Field(
         30_000, ge=100, description="a job whose worker is silent this long is claimed again"
@@ -70,7 +108,17 @@ class Settings(BaseSettings):
     worker_id: str | None = Field(None, description="worker: its id (default hostname-pid)")
     max_batch_size: int = Field(8, ge=1, description="worker: images per batch")
     max_batch_wait_ms: int = Field(
-        10, ge=0, description="worker: wait this long for more jobs to fill a batch"
+        50, ge=0, description="worker: the longest a batch waits for more jobs to fill it "
+        "(at most one batch's time; see OLSS_ADAPTIVE_BATCH_WAIT)"
+    )
+    adaptive_batch_wait: bool = Field(
+        True, description="worker: a batch waits for more jobs only while some are due "
+        "(clients of just-stored jobs, a burst under way); off: every batch waits "
+        "OLSS_MAX_BATCH_WAIT_MS"
+    )
+    overlap_results: bool = Field(
+        True, description="worker: encode and store a batch's images in a background thread "
+        "while the next batch runs"
     )
     heartbeat_ttl_s: float = Field(
         10.0, gt=0, description="worker: a heartbeat older than this means the worker is gone"
@@ -96,8 +144,18 @@ class Settings(BaseSettings):
     compile: bool | None = Field(
         None, description="worker: torch.compile the UNet and VAE decoder in warm-up (default off)"
     )
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field(
-        "default", description="worker: the torch.compile mode"
+    compile_mode: Literal[
+        "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
+    ] = Field("default", description="worker: the torch.compile mode")
+    cuda_graphs: Literal["off", "step", "loop"] | None = Field(
+        None, description="worker: CUDA graphs of the OLSS loop, text encoder and VAE decoder, "
+        "captured in warm-up: step (one per denoising step), loop (one for all steps: progress "
+        "and cancels at the end only) or off (default: step on CUDA, off elsewhere)"
+    )
+    batch_buckets: Annotated[list[int], NoDecode] = Field(
+        default_factory=list, description="worker: with OLSS_COMPILE or CUDA graphs a batch is "
+        "padded up to the next of these image counts, each warmed up (comma-separated; default "
+        "the powers of two below OLSS_MAX_BATCH_SIZE, and it)"
     )
 
     # Request limits
@@ -108,6 +166,10 @@ class Settings(BaseSettings):
     max_steps: int = Field(150, ge=1, description="limit: most denoising steps")
     max_num_images: int = Field(4, ge=1, description="limit: most images per request")
     max_guidance_scale: float = Field(30.0, gt=0, description="limit: largest guidance scale")
+    max_size_factor: float = Field(
+        2.0, ge=1, description="limit: width and height at most this times the model's native "
+        "size (unless its workers report their own limits)"
+    )
     default_sampler_steps: int = Field(
         25, ge=1, description="steps for the diffusers samplers when a request names none"
     )
@@ -122,8 +184,28 @@ class Settings(BaseSettings):
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
-            return [key.strip() for key in value.split(",") if key.strip()]
+            keys = [key.strip() for key in value.split(",") if key.strip()]
+            if value and not keys:
+                # "," or " " is a list that was meant to hold keys: never serve without auth.
+                raise ValueError(
+                    "holds no key (only commas or spaces); unset it to serve without auth"
+                )
+            return keys
         return value
+
+    @field_validator("batch_buckets", mode="before")
+    @classmethod
+    def _split_buckets(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("batch_buckets")
+    @classmethod
+    def _positive_buckets(cls, value: list[int]) -> list[int]:
+        if any(size < 1 for size in value):
+            raise ValueError(f"image counts must be at least 1, got {value}")
+        return sorted(set(value))
 
     @field_validator("redis_url")
     @classmethod
@@ -131,6 +213,11 @@ class Settings(BaseSettings):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @property
+    def finished_image_ttl_s(self) -> int:
+        """Seconds a finished job's images are kept: ``OLSS_IMAGE_TTL_S``, within the job's."""
+        return min(self.image_ttl_s, self.job_ttl_s)
 
     @property
     def writable_schedule_dir(self) -> Path:

@@ -2,7 +2,8 @@
 
 Splitting goes down to single jobs, so one bad job fails alone (retried, or dead-lettered on its
 last attempt) while its batch-mates run again without it. Jobs canceled during a failed run
-stay canceled.
+stay canceled. Each batch's generation time and its handover to the result stage go to the batch
+window (how long the next batch may wait for more jobs).
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from olss_core.metrics import JobOutcome, WorkerMetrics
+from olss_core.metrics import JobOutcome, Stage, WorkerMetrics
 from workers.batch_progress import BatchProgress
-from workers.batching import halves
+from workers.batch_window import BatchWindow
+from workers.batching import halves, images
 from workers.engine import BatchInterrupted, Engine
 from workers.fault_injection import FaultInjection
 from workers.leases import LeaseTracker
 from workers.lifecycle import ClaimedJob, JobLifecycle, Start
-from workers.result_writer import ResultWriter
+from workers.result_stage import ResultSink
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +31,17 @@ def _nothing() -> None:
 
 @dataclass(frozen=True)
 class BatchRunner:
-    """Runs batches of compatible jobs on ``engine``; ``after_failure`` runs before a split
-    (the worker frees cached device memory there)."""
+    """Runs batches of compatible jobs on ``engine`` and hands them to ``writer``;
+    ``after_failure`` runs before a split (the worker frees cached device memory there)."""
 
     lifecycle: JobLifecycle
     engine: Engine
     leases: LeaseTracker
-    writer: ResultWriter
+    writer: ResultSink
     metrics: WorkerMetrics
     faults: FaultInjection = field(default_factory=FaultInjection)
     after_failure: Callable[[], None] = _nothing
+    window: BatchWindow | None = None
 
     def run(self, batch: list[ClaimedJob]) -> None:
         """Start ``batch`` (jobs that must not run are released) and run what started."""
@@ -64,6 +67,9 @@ class BatchRunner:
         except Exception as error:  # a failed batch must not take the worker down
             self._failed(progress.active(), error)
             return
+        if self.window is not None:
+            self.window.ran(images(jobs), generation.output.durations[Stage.TOTAL])
+            self.window.handed_over(len(progress.active()))
         self.writer.store(jobs, generation, progress.canceled)
 
     def _failed(self, jobs: list[ClaimedJob], error: Exception) -> None:

@@ -6,27 +6,39 @@ Each optimisation is a separate switch so benchmarks can measure each one's effe
   fp32 inside :class:`schedules.OLSSScheduler`; only the stored sample is fp16.
 * ``sdpa``: PyTorch's ``scaled_dot_product_attention`` (flash / memory-efficient kernels) in
   the UNet, the VAE and the CLIP text encoder; off means the classic attention that materialises
-  the full attention matrix (diffusers ``AttnProcessor``, transformers ``"eager"``).
+  the full attention matrix (diffusers ``AttnProcessor``, transformers ``"eager"``). Both come as
+  :mod:`workers.attention`'s processors, which spare every attention call a signature lookup.
 * ``channels_last``: NHWC memory format for the UNet and VAE weights, which lets cuDNN pick its
   tensor-core convolution kernels without layout transposes.
 * ``compile``: ``torch.compile`` of the UNet and the VAE decoder for static shapes. Compilation
-  happens on the first call at each shape; the worker makes that call for every batch size it
-  serves before it takes requests (``workers.warm_up``).
+  happens on the first call at each shape; the worker makes that call for every padded batch size
+  it serves before it takes requests (``workers.warm_up``, ``workers.batch_buckets``), and its
+  caches live on the cache volume (:func:`use_compile_cache`), so a restart reuses them.
+* ``cuda_graphs``: the served OLSS loop, text encoder and VAE decoder captured as CUDA graphs in
+  warm-up (``workers.served_graphs``): ``step`` (a graph per denoising step), ``loop`` (one for
+  the whole loop) or ``off``.
 
-On CUDA the first three default to on and ``compile`` to off; on CPU everything is off (fp32)
-except SDPA. cuDNN autotuning (``torch.backends.cudnn.benchmark``) is turned on for CUDA in
-every configuration: the worker serves a few fixed shapes, and its warm-up pays the search.
+On CUDA fp16, channels-last and step graphs default to on and ``compile`` to off; on CPU
+everything is off (fp32) except SDPA. cuDNN autotuning (``torch.backends.cudnn.benchmark``) is
+turned on for CUDA in every configuration: the worker serves a few fixed shapes, and its warm-up
+pays the search.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline
-from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+from workers.attention import ClassicProcessor, SDPAProcessor
+from workers.served_graphs import GraphMode
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+GRAPHING_COMPILE_MODES = ("reduce-overhead", "max-autotune")
+"""Modes in which inductor captures CUDA graphs of its own, which cannot nest in the worker's."""
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -52,6 +64,8 @@ class FastPathOptions:
             compiles in about a minute per shape; the autotuning modes take much longer.
         compile_backend: the ``torch.compile`` backend; ``"eager"`` traces without generating
             code (used by tests on machines without a GPU).
+        cuda_graphs: which CUDA graphs the engine captures (:class:`GraphMode`; a string is
+            converted).
     """
 
     fp16: bool = False
@@ -60,11 +74,20 @@ class FastPathOptions:
     compile: bool = False
     compile_mode: str = "default"
     compile_backend: str = "inductor"
+    cuda_graphs: GraphMode = GraphMode.OFF
 
     def __post_init__(self) -> None:
         if self.compile_mode not in COMPILE_MODES:
             raise ValueError(
                 f"compile_mode {self.compile_mode!r} is not one of {', '.join(COMPILE_MODES)}"
+            )
+        object.__setattr__(self, "cuda_graphs", GraphMode(self.cuda_graphs))
+        graphing = self.compile and self.compile_mode in GRAPHING_COMPILE_MODES
+        if graphing and self.cuda_graphs is not GraphMode.OFF:
+            raise ValueError(
+                f"compile_mode {self.compile_mode!r} captures its own CUDA graphs: with "
+                f"cuda_graphs={self.cuda_graphs.value!r} use compile_mode 'default' or "
+                "'max-autotune-no-cudagraphs', or cuda_graphs 'off'"
             )
 
     @classmethod
@@ -77,7 +100,13 @@ class FastPathOptions:
         if unknown:
             raise ValueError(f"unknown fast-path option(s) {unknown}; valid: {sorted(names)}")
         on_cuda = torch.device(device).type == "cuda"
-        defaults = cls(fp16=on_cuda, sdpa=True, channels_last=on_cuda, compile=False)
+        defaults = cls(
+            fp16=on_cuda,
+            sdpa=True,
+            channels_last=on_cuda,
+            compile=False,
+            cuda_graphs=GraphMode.STEP if on_cuda else GraphMode.OFF,
+        )
         return replace(defaults, **{k: v for k, v in overrides.items() if v is not None})
 
     @property
@@ -95,7 +124,14 @@ class FastPathOptions:
             parts.append("channels_last")
         if self.compile:
             parts.append(f"compile({self.compile_mode})")
+        if self.cuda_graphs is not GraphMode.OFF:
+            parts.append(f"graphs({self.cuda_graphs.value})")
         return "+".join(parts)
+
+    @property
+    def fixed_shapes(self) -> bool:
+        """Whether every batch size is a compile or a capture (batches are then padded)."""
+        return self.compile or self.cuda_graphs is not GraphMode.OFF
 
 
 def set_attention(pipe: StableDiffusionPipeline, sdpa: bool) -> None:
@@ -104,7 +140,7 @@ def set_attention(pipe: StableDiffusionPipeline, sdpa: bool) -> None:
     diffusers already defaults to SDPA on torch 2, so ``False`` must be set explicitly for a
     benchmark's "off" row to measure anything.
     """
-    processor = AttnProcessor2_0() if sdpa else AttnProcessor()
+    processor = SDPAProcessor() if sdpa else ClassicProcessor()
     pipe.unet.set_attn_processor(processor)
     pipe.vae.set_attn_processor(processor)
     text_encoder = getattr(pipe, "text_encoder", None)
@@ -160,6 +196,30 @@ def compile_models(pipe: StableDiffusionPipeline, options: FastPathOptions) -> N
     dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, COMPILED_SHAPES_LIMIT)
     pipe.unet.compile(**kwargs)
     pipe.vae.decoder.compile(**kwargs)
+
+
+def use_compile_cache(directory: Path) -> None:
+    """Keep ``torch.compile``'s on-disk caches in ``directory`` (the worker's cache volume).
+
+    Inductor's FX-graph cache and the AOTAutograd cache (on by default; set here so it holds
+    whatever a build defaults to) store the generated code, and Triton keeps its compiled
+    kernels beside them (``TORCHINDUCTOR_CACHE_DIR``, which inductor reads when it first
+    compiles). A restarted worker then only traces its models again: no code generation, no
+    kernel compilation, no autotuning that was cached.
+    """
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(directory)
+    inductor_config.fx_graph_cache = True
+    functorch_config.enable_autograd_cache = True
+
+
+def stop_compiling() -> None:
+    """After warm-up: a shape that was not compiled runs eagerly rather than compiling during a
+    request (``torch.compiler.set_stance("eager_on_recompile")``)."""
+    torch.compiler.set_stance("eager_on_recompile")
 
 
 def load_pipeline(

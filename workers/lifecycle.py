@@ -30,6 +30,7 @@ from olss_core.keys import (
 )
 from olss_core.protocol import EventType, JobEvent, JobRecord, JobSpec, Timings, now
 from olss_core.settings import Settings
+from workers.batch_window import entry_seconds
 
 log = logging.getLogger(__name__)
 
@@ -207,12 +208,13 @@ class JobLifecycle:
                 pipe.xadd(events_key(job.id), event)
             pipe.execute()
 
-    def succeed(self, results: list[JobResult]) -> None:
+    def succeed(self, results: list[JobResult]) -> float | None:
         """Store every job's images and outcome, send ``finished`` and acknowledge: one MULTI
-        for the whole batch, so its jobs finish together."""
+        for the whole batch, so its jobs finish together. Returns the server time it was stored
+        (the id of the last ``finished`` event; ``None`` with nothing to store)."""
         if not results:
-            return
-        ttl = self.settings.job_ttl_s
+            return None
+        ttl = self.settings.finished_image_ttl_s
         event = JobEvent(type=EventType.FINISHED, status=JobStatus.SUCCEEDED).to_fields()
         with self.redis.pipeline(transaction=True) as pipe:
             for result in results:
@@ -225,10 +227,12 @@ class JobLifecycle:
                     schedule=result.schedule, timings=result.timings,
                     step=job.record.total_steps, error=None, error_type=None,
                 ))
+                finished_event = len(pipe)
                 pipe.xadd(events_key(job.id), event)
                 pipe.publish(FINISHED_CHANNEL, job.id)
             self._ack_in(pipe, [result.job.message_id for result in results])
-            pipe.execute()
+            replies = pipe.execute()
+        return entry_seconds(replies[finished_event])
 
     def finish_canceled(self, job: ClaimedJob) -> None:
         """Mark ``job`` canceled, send ``finished`` and acknowledge."""

@@ -1,8 +1,9 @@
 """Fill a batch from the model's stream: expired leases first, then new entries.
 
-With nothing reclaimed, the first read blocks up to ``READ_BLOCK_MS`` for work; once something
-arrived, more is taken for up to ``OLSS_MAX_BATCH_WAIT_MS`` until the batch is full. Every
-entry received is held (its lease extended) until its job ends.
+With nothing reclaimed, the first read blocks up to ``READ_BLOCK_MS`` for work (it returns the
+moment an entry arrives); once something arrived, more is taken while the batch window says
+more is coming (:class:`workers.batch_window.BatchWindow`), until the batch is full. Every entry
+received is held (its lease extended) until its job ends.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from workers.batch_window import BatchWindow
 from workers.leases import LeaseTracker
 from workers.lifecycle import ClaimedJob, Delivery, JobLifecycle
 
@@ -24,7 +26,7 @@ class BatchReceiver:
     lifecycle: JobLifecycle
     leases: LeaseTracker
     max_entries: int
-    max_wait_ms: int
+    window: BatchWindow
 
     def receive(self) -> list[ClaimedJob]:
         """The jobs of the entries received, in arrival order (none after an idle second).
@@ -42,16 +44,22 @@ class BatchReceiver:
         size = self.max_entries
         got = self.lifecycle.reclaim(size)
         if len(got) < size:
-            block_ms = None if got else READ_BLOCK_MS
-            got += self.lifecycle.read_new(size - len(got), block_ms=block_ms)
+            got += self._read_new(size - len(got), block_ms=None if got else READ_BLOCK_MS)
         # Poll rather than BLOCK: Redis expires blocking reads only every 1/hz s (100 ms).
-        deadline = time.monotonic() + self.max_wait_ms / 1000
+        started = last_arrival = time.monotonic()
         while got and len(got) < size:
-            more = self.lifecycle.read_new(size - len(got), block_ms=None)
-            got += more
-            left = deadline - time.monotonic()
-            if not more and left <= 0:
+            now = time.monotonic()
+            if not self.window.keep_waiting(len(got), now - started, now - last_arrival):
                 break
-            if not more:
-                time.sleep(min(BATCH_POLL_S, left))
+            more = self._read_new(size - len(got), block_ms=None)
+            if more:
+                got += more
+                last_arrival = time.monotonic()
+            else:
+                time.sleep(BATCH_POLL_S)
         return got
+
+    def _read_new(self, count: int, block_ms: int | None) -> list[Delivery]:
+        new = self.lifecycle.read_new(count, block_ms=block_ms)
+        self.window.arrived(delivery.message_id for delivery in new)
+        return new

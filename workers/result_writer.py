@@ -1,8 +1,11 @@
-"""Store a finished batch: encoded images, timings, one ``succeed`` for all, then the metrics."""
+"""Store a finished batch: encoded images, timings, one ``succeed`` for all, then the metrics.
+
+``on_stored(jobs, server_time)`` hears of every stored batch (the batch window counts the jobs
+whose clients may come back with their next request)."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from PIL import Image
@@ -23,6 +26,7 @@ class ResultWriter:
     lifecycle: JobLifecycle
     leases: LeaseTracker
     metrics: WorkerMetrics
+    on_stored: Callable[[int, float], None] | None = None
 
     def store(
         self, batch: list[ClaimedJob], generation: Generation, canceled: Collection[str] = ()
@@ -41,7 +45,9 @@ class ResultWriter:
             for job, pictures in zip(batch, output.images, strict=True)
             if job.id not in canceled
         ]
-        self.lifecycle.succeed(results)
+        stored_at = self.lifecycle.succeed(results)
+        if stored_at is not None and self.on_stored is not None:
+            self.on_stored(len(results), stored_at)
         self.leases.release(result.job for result in results)
         for result in results:
             self._observe(result.timings)
@@ -66,6 +72,9 @@ class ResultWriter:
             encode=durations[Stage.ENCODE], denoise=durations[Stage.DENOISE],
             decode=durations[Stage.DECODE], batch_size=batch_images,
         )
+
+    def drain(self) -> None:
+        """Nothing to wait for: ``store`` returns once the batch is stored."""
 
     def _observe(self, timings: Timings) -> None:
         metrics = self.metrics

@@ -1,21 +1,49 @@
-"""Encode generated images for storage: PNG (with the generation parameters), JPEG or WebP."""
+"""Encode generated images for storage, each carrying what made it.
+
+Every format carries two things:
+
+* the AUTOMATIC1111 "infotext" that A1111, Civitai and most image viewers parse: the prompt
+  line, a ``Negative prompt:`` line, then ``Steps: .., Sampler: .., CFG scale: .., Seed: ..,
+  Size: WxH, Model: ..``. PNG: the text chunk ``parameters``; JPEG and WebP: the EXIF
+  ``UserComment`` (``UNICODE`` prefix, UTF-16BE, as A1111 writes it).
+* the full ``ImageParameters`` JSON: PNG text chunk ``olss-parameters``; JPEG and WebP: an XMP
+  packet (``olss:parameters``), whose ``dc:description`` holds the infotext too.
+
+``read_parameters`` reads the JSON back from any of the three formats, and from PNGs written
+before the infotext (their ``parameters`` chunk held the JSON).
+"""
 
 from __future__ import annotations
 
 import io
+import json
+from xml.etree import ElementTree
+from xml.sax.saxutils import escape, quoteattr
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from olss_core.protocol import JobSpec
 
-PNG_PARAMETERS_KEY = "parameters"
+PNG_INFOTEXT_KEY = "parameters"
+PNG_PARAMETERS_KEY = "olss-parameters"
 LOSSY_QUALITY = 90
+EXIF_IFD = 0x8769
+USER_COMMENT = 0x9286
+UNICODE_PREFIX = b"UNICODE\x00"
+"""EXIF UserComment character code for UTF-16 text (EXIF 2.32, 4.6.5; big-endian as A1111)."""
+XMP_NAMESPACE = "urn:olss-serve:parameters:1"
+RDF_NAMESPACE = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
+A1111_SAMPLERS = {
+    "olss": "OLSS", "dpmsolver++": "DPM++ 2M", "unipc": "UniPC", "ddim": "DDIM",
+    "euler": "Euler",
+}
+"""A1111's display name of each sampler a request may name."""
 
 
 class ImageParameters(BaseModel):
-    """What made one image; stored as JSON in the PNG text chunk ``parameters``."""
+    """What made one image."""
 
     model: str
     prompt: str
@@ -45,24 +73,96 @@ class ImageParameters(BaseModel):
             job_id=job_id,
         )
 
+    def infotext(self) -> str:
+        """The parameters in A1111's infotext format (values with ``,:`` or newlines quoted)."""
+        fields = {
+            "Steps": self.steps,
+            "Sampler": A1111_SAMPLERS.get(self.scheduler, self.scheduler),
+            "CFG scale": f"{self.guidance_scale:g}",
+            "Seed": self.seed,
+            "Size": f"{self.width}x{self.height}",
+            "Model": self.model,
+        }
+        if self.schedule:
+            fields["OLSS schedule"] = self.schedule
+        lines = [self.prompt]
+        if self.negative_prompt:
+            lines.append(f"Negative prompt: {self.negative_prompt}")
+        lines.append(", ".join(f"{key}: {_quote(str(value))}" for key, value in fields.items()))
+        return "\n".join(lines)
+
+
+def _quote(value: str) -> str:
+    return json.dumps(value) if any(c in value for c in ",:\n") else value
+
+
+def _xmp(parameters: ImageParameters) -> bytes:
+    return (
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+        f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="{RDF_NAMESPACE}">'
+        '<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/" '
+        f'xmlns:olss="{XMP_NAMESPACE}" olss:parameters={quoteattr(parameters.model_dump_json())}>'
+        '<dc:description><rdf:Alt><rdf:li xml:lang="x-default">'
+        f"{escape(parameters.infotext())}</rdf:li></rdf:Alt></dc:description>"
+        '</rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="w"?>'
+    ).encode()
+
+
+def _exif(parameters: ImageParameters) -> Image.Exif:
+    exif = Image.Exif()
+    exif.get_ifd(EXIF_IFD)[USER_COMMENT] = (
+        UNICODE_PREFIX + parameters.infotext().encode("utf-16-be")
+    )
+    return exif
+
 
 def encode_image(image: Image.Image, fmt: str, parameters: ImageParameters) -> bytes:
-    """``image`` as ``fmt`` bytes; PNGs carry ``parameters`` in a text chunk."""
+    """``image`` as ``fmt`` bytes, with ``parameters`` embedded (see the module docstring)."""
     buffer = io.BytesIO()
     if fmt == "png":
         info = PngInfo()
+        info.add_text(PNG_INFOTEXT_KEY, parameters.infotext())
         info.add_text(PNG_PARAMETERS_KEY, parameters.model_dump_json())
         image.save(buffer, format="PNG", pnginfo=info)
-    elif fmt == "jpeg":
-        image.convert("RGB").save(buffer, format="JPEG", quality=LOSSY_QUALITY)
-    elif fmt == "webp":
-        image.save(buffer, format="WEBP", quality=LOSSY_QUALITY)
+    elif fmt in ("jpeg", "webp"):
+        image.convert("RGB").save(
+            buffer, format=fmt.upper(), quality=LOSSY_QUALITY, exif=_exif(parameters),
+            xmp=_xmp(parameters),
+        )
     else:
         raise ValueError(f"unknown output format {fmt!r}; expected png, jpeg or webp")
     return buffer.getvalue()
 
 
-def read_parameters(png: bytes) -> ImageParameters:
-    """The parameters embedded by ``encode_image`` in a PNG."""
-    with Image.open(io.BytesIO(png)) as image:
-        return ImageParameters.model_validate_json(image.text[PNG_PARAMETERS_KEY])
+def read_infotext(data: bytes) -> str:
+    """The A1111 infotext embedded by ``encode_image`` in a PNG, JPEG or WebP."""
+    with Image.open(io.BytesIO(data)) as image:
+        if image.format == "PNG":
+            return image.text[PNG_INFOTEXT_KEY]
+        comment = image.getexif().get_ifd(EXIF_IFD)[USER_COMMENT]
+    return comment.removeprefix(UNICODE_PREFIX).decode("utf-16-be")
+
+
+def read_parameters(data: bytes) -> ImageParameters:
+    """The parameters embedded by ``encode_image`` in a PNG, JPEG or WebP (or by its
+    predecessor, which stored the JSON in a PNG's ``parameters`` chunk)."""
+    with Image.open(io.BytesIO(data)) as image:
+        if image.format == "PNG":
+            text = image.text
+            raw = text.get(PNG_PARAMETERS_KEY)
+            if raw is None:
+                return _legacy_png(text)
+            return ImageParameters.model_validate_json(raw)
+        xmp = image.info.get("xmp", b"")
+    attribute = f"{{{XMP_NAMESPACE}}}parameters"
+    for element in ElementTree.fromstring(xmp).iter(f"{{{RDF_NAMESPACE}}}Description"):
+        if attribute in element.attrib:
+            return ImageParameters.model_validate_json(element.attrib[attribute])
+    raise ValueError("the image's XMP carries no olss:parameters")
+
+
+def _legacy_png(text: dict[str, str]) -> ImageParameters:
+    try:
+        return ImageParameters.model_validate_json(text[PNG_INFOTEXT_KEY])
+    except (KeyError, ValidationError) as error:
+        raise ValueError("the PNG carries no olss parameters") from error

@@ -1,9 +1,10 @@
 """The serving loop: receive, plan compatible batches, run them; survive Redis outages.
 
 Once ``stopping`` is set the loop runs no new batch: the jobs it received but did not start are
-handed back (new entries, so another worker takes them now), and it returns after the running
-batch. A Redis error that outlasts the client's own retries drops the held leases (those jobs
-are delivered again) and waits, longer after each error in a row.
+handed back (new entries, so another worker takes them now), and it returns once the running
+batch is stored (it drains the result stage). A Redis error that outlasts the client's own
+retries drops the held leases (those jobs are delivered again) and waits, longer after each
+error in a row.
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ class ServeLoop:
                 self.stopping.wait(wait_s)
             else:
                 errors_in_a_row = 0
+        try:
+            self.runner.writer.drain()
+        except redis.RedisError as error:
+            log.warning("the last batch was not stored (its jobs will be delivered again): %s",
+                        error)
 
     def run_once(self) -> None:
         """Receive what is available and run it in compatible batches."""

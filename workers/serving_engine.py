@@ -22,6 +22,10 @@ class ServingEngine:
     def native_size(self) -> tuple[int, int]:
         return self.inference.native_size
 
+    def finish_warm_up(self) -> None:
+        """Capture no new CUDA graphs (``InferenceEngine.finish_warm_up``)."""
+        self.inference.finish_warm_up()
+
     def generate(self, specs: Sequence[JobSpec], on_step: StepHook | None = None) -> Generation:
         """Run ``specs`` with the scheduler the first names (a batch's jobs share it); an
         unserved one raises ``UnknownSchedule``."""

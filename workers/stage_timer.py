@@ -2,7 +2,8 @@
 
 On CUDA the stages are timed with CUDA events recorded on the device's current stream, so timing
 adds no host-device synchronisation inside a stage; the one synchronisation happens in
-``durations``. On CPU (and other devices) a monotonic clock is used.
+``durations``. On CPU (and other devices) a monotonic clock is used. Each stage also runs under
+a ``torch.profiler.record_function`` range ``olss.<stage>`` (see ``bench/step_profile.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.profiler import record_function
+
+STAGE_RANGE_PREFIX = "olss."
 
 
 @dataclass
@@ -46,9 +50,10 @@ class StageTimer:
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         """Time the enclosed block as stage ``name`` (a stage that raises is not recorded)."""
-        start = self._mark()
-        yield
-        self._spans.append(_Span(name, start, self._mark()))
+        with record_function(STAGE_RANGE_PREFIX + name):
+            start = self._mark()
+            yield
+            self._spans.append(_Span(name, start, self._mark()))
 
     def _seconds(self, start: Any, end: Any) -> float:
         if self._use_cuda:

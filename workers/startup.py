@@ -7,50 +7,91 @@ from dataclasses import dataclass
 
 import torch
 
-from olss_core.settings import Settings
+from olss_core.settings import ConfigError, Settings
 from schedules import ScheduleRegistry, model_key
+from workers.batch_buckets import BatchBuckets
 from workers.embedded_model import resolve_model
-from workers.fast_path import FastPathOptions, load_pipeline, pick_device
+from workers.fast_path import (
+    FastPathOptions,
+    load_pipeline,
+    pick_device,
+    stop_compiling,
+    use_compile_cache,
+)
 from workers.inference import InferenceEngine
 from workers.schedulers import SchedulerBank, load_model_schedules
 from workers.serving_engine import ServingEngine
+
+COMPILE_CACHE_FOLDER = "torch-compile"
+"""Folder of ``OLSS_CACHE_DIR`` that holds ``torch.compile``'s caches."""
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model ready to serve. ``key``: its registry and stream key; ``compiled``: whether
-    ``torch.compile`` is on (every batch size is then its own compiled shape)."""
+    """A model ready to warm up. ``key``: its registry and stream key; ``options``: the fast
+    path it runs with; ``warm_batch_sizes``: the batch sizes warm-up runs (every padded size
+    when shapes are fixed by compilation or graphs, else 1)."""
 
     key: str
     device: torch.device
     engine: ServingEngine
-    compiled: bool
+    options: FastPathOptions
+    warm_batch_sizes: tuple[int, ...]
+
+    def finish_warm_up(self) -> None:
+        """From now on capture and compile nothing new: unwarmed shapes run eagerly."""
+        self.engine.finish_warm_up()
+        if self.options.compile:
+            stop_compiling()
 
 
-def load_model(settings: Settings, model: str) -> LoadedModel:
+def fast_path_options(settings: Settings, device: torch.device) -> FastPathOptions:
+    """The settings' fast path on ``device`` (unset switches take the device's default); a
+    combination that cannot run stops start-up naming the settings."""
+    try:
+        return FastPathOptions.for_device(
+            device,
+            fp16=settings.fp16,
+            sdpa=settings.sdpa,
+            channels_last=settings.channels_last,
+            compile=settings.compile,
+            compile_mode=settings.compile_mode,
+            cuda_graphs=settings.cuda_graphs,
+        )
+    except ValueError as error:
+        raise ConfigError(
+            f"invalid settings (OLSS_COMPILE, OLSS_COMPILE_MODE, OLSS_CUDA_GRAPHS): {error}"
+        ) from None
+
+
+def load_model(
+    settings: Settings, model: str, options: FastPathOptions | None = None
+) -> LoadedModel:
     """Load ``model`` (an embedded name, hub id or folder) with the fast path the settings ask
-    for, and the OLSS schedules the registry holds for it."""
+    for (or ``options``: benchmarks pick a compile backend), and the OLSS schedules the
+    registry holds for it."""
     device = pick_device(settings.device)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    options = FastPathOptions.for_device(
-        device,
-        fp16=settings.fp16,
-        sdpa=settings.sdpa,
-        channels_last=settings.channels_last,
-        compile=settings.compile,
-        compile_mode=settings.compile_mode,
-    )
+    options = options or fast_path_options(settings, device)
     log.info("loading %s on %s (%s)", model, device, options.label)
+    if options.compile:
+        use_compile_cache(settings.cache_dir / COMPILE_CACHE_FOLDER)
     source = resolve_model(model)
     pipe = load_pipeline(source, device, options)
     registry = ScheduleRegistry.default(settings.writable_schedule_dir)
     key = model_key(source)
     bank = SchedulerBank(pipe.scheduler.config, load_model_schedules(registry, key))
-    engine = ServingEngine(InferenceEngine(pipe, device), bank)
-    return LoadedModel(key, device, engine, options.compile)
+    buckets = (
+        BatchBuckets.up_to(settings.max_batch_size, settings.batch_buckets)
+        if options.fixed_shapes
+        else None
+    )
+    inference = InferenceEngine(pipe, device, options.cuda_graphs, buckets)
+    warm_sizes = buckets.sizes if buckets else (1,)
+    return LoadedModel(key, device, ServingEngine(inference, bank), options, warm_sizes)
 
 
 def free_device_memory() -> None:

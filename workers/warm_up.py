@@ -1,8 +1,9 @@
 """Warm-up before the first heartbeat: run the engine once per served schedule and batch size.
 
 The runs go through the worker's own engine, so they make exactly the calls requests will make:
-``torch.compile`` compiles each batch size there (a static shape each), cuDNN autotunes and the
-CUDA allocator grows, and no request pays for any of it.
+``torch.compile`` compiles each padded batch size there (a static shape each), the CUDA graphs
+of each are captured (``workers.served_graphs``), cuDNN autotunes and the CUDA allocator grows,
+and no request pays for any of it.
 """
 
 from __future__ import annotations

@@ -9,10 +9,13 @@ from __future__ import annotations
 import secrets
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.asyncio import Redis
 
+from app.auth import Caller
 from app.errors import Unauthorized
+from app.event_hub import EventHub
 from app.fleet import FleetView
 from app.notifier import FinishNotifier
 from app.queue import JobQueue
@@ -44,6 +47,10 @@ async def _notifier(request: Request) -> FinishNotifier:
     return request.app.state.notifier
 
 
+async def _events(request: Request) -> EventHub:
+    return request.app.state.events
+
+
 async def _metrics(request: Request) -> GatewayMetrics:
     return request.app.state.metrics
 
@@ -55,23 +62,27 @@ QueueDep = Annotated[JobQueue, Depends(_queue)]
 FleetDep = Annotated[FleetView, Depends(_fleet)]
 MetricsDep = Annotated[GatewayMetrics, Depends(_metrics)]
 NotifierDep = Annotated[FinishNotifier, Depends(_notifier)]
+EventsDep = Annotated[EventHub, Depends(_events)]
+
+
+bearer = HTTPBearer(auto_error=False, scheme_name="bearer", description="one of OLSS_API_KEYS")
+"""The OpenAPI security scheme; ``app.openapi`` drops it when no key is configured."""
 
 
 async def require_api_key(
     settings: SettingsDep,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> str:
-    """The caller's bearer key when ``OLSS_API_KEYS`` is set (401 if missing or wrong)."""
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None,
+) -> Caller:
+    """The caller when ``OLSS_API_KEYS`` is set (401 if the key is missing or wrong)."""
     if not settings.api_keys:
-        return ""
-    scheme, _, token = (authorization or "").partition(" ")
-    token = token.strip()
-    valid = scheme.lower() == "bearer" and any(
+        return Caller()
+    token = credentials.credentials.strip() if credentials else ""
+    valid = any(
         secrets.compare_digest(token.encode(), key.encode()) for key in settings.api_keys
     )
     if not valid:
         raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>'")
-    return token
+    return Caller(token)
 
 
-ApiKeyDep = Annotated[str, Depends(require_api_key)]
+CallerDep = Annotated[Caller, Depends(require_api_key)]

@@ -1,9 +1,20 @@
 """The gateway's router: every resource router in one place."""
 
 from fastapi import APIRouter
+from fastapi.routing import APIRoute
 
-from app.api.routes import generate, health, info, jobs, metrics
+from app.api.routes import docs, generate, health, info, jobs, metrics
 
+ROUTERS = tuple(module.router for module in (generate, jobs, health, info, metrics, docs))
 api_router = APIRouter()
-for module in (generate, jobs, health, info, metrics):
-    api_router.include_router(module.router)
+for router in ROUTERS:
+    api_router.include_router(router)
+
+
+def allowed_methods(path: str) -> list[str]:
+    """Every method some route takes at ``path`` (a 405's ``Allow`` header)."""
+    return sorted({
+        method for router in ROUTERS for route in router.routes
+        if isinstance(route, APIRoute) and route.path_regex.match(path)
+        for method in route.methods
+    })

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from olss_core.keys import jobs_stream, queued_zset
+from olss_core.keys import MODELS_SET, jobs_stream, queued_zset
 from olss_core.protocol import WorkerInfo
 
 ASYNC = {"Prefer": "respond-async"}
@@ -70,12 +71,24 @@ def test_no_live_worker_is_503(client: TestClient) -> None:
     assert client.get("/readyz").status_code == 503
 
 
-def test_unknown_model_is_503_naming_what_is_served(
-    client: TestClient, registered_worker: WorkerInfo
+@pytest.mark.parametrize("model", ["sd-xl", "../../etc/passwd", "/etc", "org/no-such-model"])
+def test_unknown_model_is_422_naming_what_is_served(
+    client: TestClient, registered_worker: WorkerInfo, model: str
 ) -> None:
+    response = client.post("/generate", json={**PROMPT, "model": model})
+    assert response.status_code == 422
+    body = response.json()
+    assert body["error_type"] == "unknown_model"
+    assert body["error"].startswith("model:") and "tiny-sd" in body["error"]
+
+
+def test_a_known_model_whose_workers_are_gone_is_503_with_retry_after(
+    client: TestClient, registered_worker: WorkerInfo, db: redis.Redis
+) -> None:
+    db.sadd(MODELS_SET, "sd-xl")  # it had a worker once (the heartbeat adds it)
     response = client.post("/generate", json={**PROMPT, "model": "sd-xl"})
-    assert response.status_code == 503
-    assert "tiny-sd" in response.json()["error"]
+    assert (response.status_code, response.json()["error_type"]) == (503, "no_worker")
+    assert int(response.headers["retry-after"]) >= 1
 
 
 def test_redis_down_is_503(make_client) -> None:

@@ -8,45 +8,11 @@ import time
 
 import redis
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from app.notifier import POLL_S
-from olss_core.protocol import Timings, WorkerInfo
-from tests.support.redis_db import unit_settings
-from workers.lifecycle import ClaimedJob, JobLifecycle, JobResult
-from workers.results import ImageParameters, encode_image, read_parameters
-
-TIMINGS = Timings(queue=0.01, inference=0.5, total=0.6, encode=0.1, denoise=0.3, decode=0.1,
-                  batch_size=1)
-
-
-def lifecycle(db: redis.Redis) -> JobLifecycle:
-    worker = JobLifecycle(db, unit_settings(), "tiny-sd", "thread-worker")
-    worker.ensure_group()
-    return worker
-
-
-def take_one(worker: JobLifecycle) -> ClaimedJob:
-    for _ in range(50):
-        deliveries = worker.read_new(1, block_ms=200)
-        if deliveries:
-            ((_, job),) = worker.start(worker.load(deliveries))
-            return job
-    raise AssertionError("no job arrived")
-
-
-def finish(worker: JobLifecycle, stored_at: list[float] | None = None, delay_s: float = 0) -> None:
-    """Take the next job and store its result after ``delay_s``; note when in ``stored_at``."""
-    job = take_one(worker)
-    images = [
-        encode_image(Image.new("RGB", (32, 32), "green"), job.spec.output_format,
-                     ImageParameters.of(job.spec, n, "sched", job.id))
-        for n in range(job.spec.num_images)
-    ]
-    time.sleep(delay_s)
-    worker.succeed([JobResult(job, images, "sched", TIMINGS)])
-    if stored_at is not None:
-        stored_at.append(time.monotonic())
+from olss_core.protocol import WorkerInfo
+from tests.support.thread_worker import finish, lifecycle, take_one
+from workers.results import read_parameters
 
 
 def test_sync_png_returns_as_soon_as_the_result_is_stored(
@@ -74,7 +40,7 @@ def test_sync_json_for_several_images(
     thread = threading.Thread(target=finish, args=(lifecycle(db),))
     thread.start()
     response = client.post("/generate", json={"prompt": "x", "seed": 3, "num_images": 2},
-                           headers={"Accept": "image/png"})
+                           headers={"Accept": "image/png, application/json;q=0.5"})
     thread.join()
     body = response.json()
     assert [image["seed"] for image in body["images"]] == [3, 4]

@@ -1,5 +1,6 @@
-"""bench/gpu_latency.py cannot rot: its --tiny CPU run writes every field, and its staged
-generation is the same computation as a StableDiffusionPipeline call."""
+"""bench/gpu_latency.py cannot rot: its --tiny CPU run times the worker's engine in every
+configuration and writes every field, its graph rows make the default's images, its profile
+splits the time, and its service mode runs a real gateway and worker."""
 
 from __future__ import annotations
 
@@ -9,12 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from bench.gpu_latency import TINY, Sampler, build_pipeline, fit_bench_schedules, generate
-from bench.gpu_latency import make_scheduler as bench_scheduler
-from workers.fast_path import FastPathOptions, apply_fast_path
-from workers.stage_timer import StageTimer
+from bench.gpu_latency import ablation_configs, main, parse_args, plan_from_args
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = {"encode", "denoise", "decode", "total", "wall"}
@@ -22,39 +19,28 @@ STAGES = {"encode", "denoise", "decode", "total", "wall"}
 # sampler of each kind and two batch sizes so it stays under a minute on a shared 2-core box.
 SAMPLERS = ["olss-5", "dpmsolver++-4", "ddim-6"]
 BATCHES = [1, 2]
+RESULT_KEYS = {
+    "meta", "cells", "ablations", "image_checks", "sync_check", "profiles", "service",
+    "compile_warm_up_s", "cold_start", "targets", "skipped", "errors",
+}
+
+
+def run_bench(out: Path, *flags: str, timeout: int = 300) -> tuple[dict, str]:
+    command = [sys.executable, "-m", "bench.gpu_latency", "--tiny", "--out", str(out), *flags]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(out.read_text()), done.stdout
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     out = tmp_path_factory.mktemp("bench") / "gpu_latency.json"
-    command = [
-        sys.executable,
-        "-m",
-        "bench.gpu_latency",
-        "--tiny",
-        "--out",
-        str(out),
-        "--samplers",
-        *SAMPLERS,
-        "--batches",
-        *map(str, BATCHES),
-    ]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(out.read_text()), done.stdout
+    return run_bench(out, "--samplers", *SAMPLERS, "--batches", *map(str, BATCHES), "--profile")
 
 
 def test_tiny_run_times_every_stage_of_every_cell(tiny_run: tuple[dict, str]) -> None:
     result, _ = tiny_run
-    assert set(result) == {
-        "meta",
-        "cells",
-        "ablations",
-        "compile_first_run_s",
-        "sync_check",
-        "targets",
-        "errors",
-    }
+    assert set(result) == RESULT_KEYS
     meta = result["meta"]
     assert meta["tiny"] is True and meta["device"] == "cpu"
     assert "not latency claims" in meta["weights_note"]
@@ -65,23 +51,60 @@ def test_tiny_run_times_every_stage_of_every_cell(tiny_run: tuple[dict, str]) ->
         assert set(cell["stages"]) == STAGES
         for stat in cell["stages"].values():
             assert 0 < stat["median_ms"] <= stat["p90_ms"]
-        assert cell["stages"]["total"]["median_ms"] >= cell["stages"]["denoise"]["median_ms"]
+        assert cell["stages"]["wall"]["median_ms"] >= cell["stages"]["denoise"]["median_ms"]
         assert cell["images_per_s"] > 0 and cell["repeats"] >= 2 and cell["warmup_runs"] >= 1
+        assert cell["load_s"] > 0 and cell["warm_up_s"] > 0
         assert cell["peak_memory_mib"] is None  # CPU: no CUDA allocator to ask
-        assert cell["finite_output"] is True
-        assert cell["options"]["fp16"] is False and cell["options"]["compile"] is False
+        assert cell["distinct_images"] is True
+        assert cell["options"]["fp16"] is False
     assert result["targets"]["judged"] is False
-    assert result["compile_first_run_s"] == {} and result["errors"] == []
+    assert result["compile_warm_up_s"] > 0
+    assert result["errors"] == [] and result["skipped"] == []
 
 
-def test_tiny_run_switches_each_optimisation_it_can_on_a_cpu(tiny_run: tuple[dict, str]) -> None:
+def test_each_switch_it_can_flip_on_a_cpu_is_timed_against_the_default(
+    tiny_run: tuple[dict, str],
+) -> None:
     result, _ = tiny_run
-    rows = {row["optimisation"]: row for row in result["ablations"]}
-    assert rows["sdpa"]["measured"] and rows["channels_last"]["measured"]
-    assert rows["sdpa"]["off_config"]["sdpa"] is False
-    assert rows["channels_last"]["on_config"]["channels_last"] is True
-    assert not rows["fp16"]["measured"] and not rows["compile"]["measured"]  # GPU only
-    assert rows["all (default vs all off)"]["speedup"] > 0
+    at_b1 = {c["config"]: c for c in result["cells"] if c["batch"] == 1
+             and c["sampler"] == "olss-5"}
+    assert set(at_b1) == {"default", "compile on (default)", "all off"} | {
+        config.name for config in ablation_configs(__import__("torch").device("cpu"))
+    }
+    assert at_b1["sdpa off"]["options"]["sdpa"] is False
+    assert at_b1["channels_last on"]["options"]["channels_last"] is True
+    assert at_b1["compile on (default)"]["options"]["compile"] is True
+    assert at_b1["cuda_graphs loop"]["options"]["cuda_graphs"] == "loop"
+    assert at_b1["cuda_graphs step"]["graphs"] == 3  # encode, loop, decode at batch 1
+    rows = {row["optimisation"].split(" ")[0]: row for row in result["ablations"]}
+    assert not rows["fp16"]["measured"]  # GPU only
+    for name in ("sdpa", "channels_last", "compile", "cuda_graphs", "all"):
+        assert rows[name]["measured"] and rows[name]["speedup"] > 0
+
+
+def test_the_graph_code_serves_the_defaults_images(tiny_run: tuple[dict, str]) -> None:
+    """On a CPU the CUDA-graph path runs its segments on static buffers: the same pixels."""
+    checks = {c["config"]: c["max_pixel_diff_vs_default"] for c in tiny_run[0]["image_checks"]}
+    assert checks["cuda_graphs step"] == 0 and checks["cuda_graphs loop"] == 0
+
+
+def test_the_profile_splits_a_request_into_stages_phases_and_op_time(
+    tiny_run: tuple[dict, str],
+) -> None:
+    (profile,) = tiny_run[0]["profiles"]
+    assert profile["config"] == "default" and profile["requests"] == 3
+    assert profile["device_busy_ms"] is None  # no CUDA activity on a CPU
+    assert 0 < profile["op_self_ms"] < profile["wall_ms"]
+    assert profile["outside_ops_ms"] == pytest.approx(
+        profile["wall_ms"] - profile["op_self_ms"], abs=0.01
+    )
+    phases = profile["phases"]
+    assert [phase["calls"] for phase in phases.values()] == [5, 5, 5]  # once per OLSS step
+    assert phases["olss.unet"]["host_ms"] > phases["olss.scheduler"]["host_ms"]
+    stages = profile["stages"]
+    assert all(stage["calls"] == 1 for stage in stages.values())
+    assert sum(stage["host_ms"] for stage in stages.values()) <= profile["wall_ms"]
+    assert profile["top_ops"] and profile["top_ops"][0]["op"].startswith("aten::")
 
 
 def test_sync_check_finds_none_in_olss_and_the_known_ones_in_peers(
@@ -90,7 +113,7 @@ def test_sync_check_finds_none_in_olss_and_the_known_ones_in_peers(
     checks = {s["sampler"]: s for s in tiny_run[0]["sync_check"]}
     olss = checks["olss-5"]
     assert olss["steady_per_step"] == [0] * 5 and olss["steady_total"] == 0
-    assert sum(olss["first_run_per_step"][1:]) == 0
+    assert sum(olss["first_run_per_step"]) == 0  # set_timesteps uploads before the loop
     # DPM-Solver++ looks its step index up with nonzero() + item() at step 0; DDIM indexes a
     # host table with the device timestep every step. Seeing them shows the check can fail.
     assert checks["dpmsolver++-4"]["steady_per_step"][0] >= 1
@@ -108,23 +131,28 @@ def test_the_table_is_printed_last(tiny_run: tuple[dict, str]) -> None:
     }
 
 
-def test_staged_generation_equals_a_pipeline_call(tmp_path: Path) -> None:
-    pipe = build_pipeline(TINY, torch.device("cpu"), tmp_path)
-    pipe = apply_fast_path(
-        pipe, torch.device("cpu"), FastPathOptions.for_device(torch.device("cpu"))
+def test_service_mode_runs_a_gateway_and_worker_with_overlap_on_and_off(tmp_path: Path) -> None:
+    result, _ = run_bench(
+        tmp_path / "service.json", "--samplers", "olss-5", "--batches", "1", "--no-ablations",
+        "--no-compile", "--service", "--service-clients", "1", "2", "--service-requests", "4",
     )
-    schedules = fit_bench_schedules([5], TINY)
-    for sampler in (Sampler("olss", 5), Sampler("dpmsolver++", 3)):
-        pipe.scheduler = bench_scheduler(sampler, schedules)
-        prompts = ["a cat"]
-        staged = generate(
-            pipe, prompts, sampler.steps, 7.5, torch.Generator().manual_seed(3), StageTimer("cpu")
-        )
-        called = pipe(
-            prompts,
-            num_inference_steps=sampler.steps,
-            guidance_scale=7.5,
-            generator=torch.Generator().manual_seed(3),
-            output_type="pt",
-        ).images
-        torch.testing.assert_close(staged, called, atol=1e-5, rtol=1e-5)
+    levels = result["service"]["levels"]
+    assert [(lv["config"], lv["clients"]) for lv in levels] == [
+        ("default", 1), ("default", 2), ("overlap off", 1), ("overlap off", 2)
+    ]
+    assert all(lv["requests"] >= 4 and lv["images_per_s"] > 0 for lv in levels)
+    assert all(lv["e2e_p50_ms"] > lv["overhead_p50_ms"] for lv in levels)
+    assert len(result["service"]["worker_cold_start_s"]) == 2
+
+
+def test_the_gpu_check_plan_covers_the_issue_and_needs_a_gpu() -> None:
+    plan = plan_from_args(parse_args(["--gpu-check"]))
+    assert plan.spec.name.startswith("sd15") and plan.batches == (1, 8)
+    assert [s.name for s in plan.samplers] == ["olss-5"]
+    assert plan.ablations and plan.compile and plan.profile and plan.service and plan.cold_start
+    assert plan.time_budget_s and plan.time_budget_s < 480
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="CUDA"):
+            main(["--gpu-check"])

@@ -14,12 +14,16 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
-from importlib.metadata import requires
+from importlib.metadata import PackageNotFoundError, distribution, requires
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from olss_core.settings import ENV_PREFIX, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -30,6 +34,8 @@ ALERT_RULES = DOCKER_DIR / "prometheus" / "alerts.yml"
 ALERT_TESTS = Path(__file__).resolve().parent / "alerts_test.yml"
 GRAFANA_PROVISIONING = DOCKER_DIR / "grafana" / "provisioning"
 DASHBOARD = DOCKER_DIR / "grafana" / "dashboards" / "olss-latency.json"
+# docker-compose.yml requires a Grafana admin password: the one the tests pass.
+TEST_GRAFANA_PASSWORD = "test-grafana-password"
 
 # Grafana's global variables, replaced by a value of the same kind before promtool parses.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h"}
@@ -66,8 +72,10 @@ def run_tool(
     )
 
 
-def compose_config(*files: Path) -> dict[str, Any]:
-    """The compose model after validation, interpolation and merging: ``docker-compose config``.
+def compose_config_run(
+    *files: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``docker-compose config`` on ``files`` with only ``env`` (and PATH, HOME, LANG) set.
 
     Debian's ``docker-compose`` (1.29) validates against the Compose specification's JSON
     schema offline, without a Docker engine.
@@ -78,10 +86,70 @@ def compose_config(*files: Path) -> dict[str, Any]:
     for file in files or (COMPOSE_FILE,):
         args += ["-f", str(file)]
     # Only the defaults written in the files: no OLSS_*, HF_TOKEN or COMPOSE_* from this shell.
-    env = {key: os.environ[key] for key in ("PATH", "HOME", "LANG") if key in os.environ}
-    result = run_tool(*args, "config", env=env)
+    base = {key: os.environ[key] for key in ("PATH", "HOME", "LANG") if key in os.environ}
+    return run_tool(*args, "config", env={**base, **(env or {})})
+
+
+def compose_config(*files: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The compose model after validation, interpolation and merging, with the one variable the
+    files require (the Grafana admin password) set, plus ``env``."""
+    result = compose_config_run(
+        *files, env={"GRAFANA_ADMIN_PASSWORD": TEST_GRAFANA_PASSWORD, **(env or {})}
+    )
     assert result.returncode == 0, f"docker-compose config failed:\n{result.stderr}"
     return yaml.safe_load(result.stdout)
+
+
+def settings_from(env: dict[str, str | None], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The project's own ``Settings`` read from ``env``'s ``OLSS_*`` variables and no others
+    (a variable whose value is None, set at run time from a Secret, is left out)."""
+    with monkeypatch.context() as patch:
+        for key in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
+            patch.delenv(key)
+        for key, value in env.items():
+            if key.startswith(ENV_PREFIX) and value is not None:
+                patch.setenv(key, value)
+        return load_settings()
+
+
+def unknown_settings(env: dict[str, str | None]) -> set[str]:
+    """``OLSS_*`` variables that name no setting."""
+    return {
+        key for key in env
+        if key.startswith(ENV_PREFIX) and key[len(ENV_PREFIX):].lower() not in Settings.model_fields
+    }
+
+
+_REDIS_UNITS = {"": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3,
+                "gb": 1024**3}
+_KUBERNETES_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1024, "mi": 1024**2,
+                     "gi": 1024**3}
+
+
+def _size(text: str, units: dict[str, int]) -> int:
+    match = re.fullmatch(r"(\d+)\s*([a-z]*)", str(text).strip().lower())
+    assert match and match.group(2) in units, f"not a size: {text!r}"
+    return int(match.group(1)) * units[match.group(2)]
+
+
+def redis_bytes(text: str) -> int:
+    """Bytes of a Redis memory size (``2gb`` = 2 GiB, ``2g`` = 2e9, as redis.conf reads them)."""
+    return _size(text, _REDIS_UNITS)
+
+
+def kubernetes_bytes(text: str) -> int:
+    """Bytes of a Kubernetes memory quantity (``4Gi``, ``512Mi``, ``1G``)."""
+    return _size(text, _KUBERNETES_UNITS)
+
+
+def seconds(duration: str | int) -> float:
+    """Seconds of a compose duration (``60s``, ``1m30s``) or a plain number."""
+    if isinstance(duration, int | float):
+        return float(duration)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, f"not a duration: {duration!r}"
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * scale[u] for n, u in parts)
 
 
 def load_yaml(path: Path) -> Any:
@@ -212,16 +280,62 @@ def host_path(service: dict[str, Any], container_path: str) -> Path | None:
     return None
 
 
-def published_ports(service: dict[str, Any]) -> dict[int, int]:
-    """``{container port: host port}`` from either port syntax."""
-    ports = {}
+@dataclass(frozen=True)
+class PublishedPort:
+    """One ``ports:`` entry: a container port published on a host address and port."""
+
+    host_ip: str
+    host_port: int
+    container_port: int
+
+    @property
+    def all_interfaces(self) -> bool:
+        return self.host_ip in ("", "0.0.0.0", "::")
+
+
+def published(service: dict[str, Any]) -> list[PublishedPort]:
+    """The service's published ports, from either port syntax (``[ip:]host:container[/proto]``)."""
+    found = []
     for entry in service.get("ports", []):
         if isinstance(entry, dict):
-            ports[int(entry["target"])] = int(entry["published"])
-        else:
-            parts = str(entry).split(":")
-            ports[int(parts[-1])] = int(parts[-2] if len(parts) > 1 else parts[-1])
-    return ports
+            found.append(
+                PublishedPort(
+                    str(entry.get("host_ip", "")), int(entry["published"]), int(entry["target"])
+                )
+            )
+            continue
+        parts = str(entry).split("/")[0].rsplit(":", 2)
+        host_ip = parts[0] if len(parts) == 3 else ""
+        host_port = parts[-2] if len(parts) > 1 else parts[-1]
+        found.append(PublishedPort(host_ip, int(host_port), int(parts[-1])))
+    return found
+
+
+def published_ports(service: dict[str, Any]) -> dict[int, int]:
+    """``{container port: host port}`` from either port syntax."""
+    return {port.container_port: port.host_port for port in published(service)}
+
+
+def requirement_closure(requirements: list[Requirement]) -> set[str]:
+    """Distributions the requirements pull in (extras and markers applied), as installed here."""
+    seen: set[tuple[str, frozenset[str]]] = set()
+    todo = list(requirements)
+    while todo:
+        requirement = todo.pop()
+        key = (canonicalize_name(requirement.name), frozenset(requirement.extras))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            dist = distribution(requirement.name)
+        except PackageNotFoundError:
+            continue
+        extras = requirement.extras or {""}
+        for spec in dist.requires or []:
+            sub = Requirement(spec)
+            if sub.marker is None or any(sub.marker.evaluate({"extra": e}) for e in extras):
+                todo.append(sub)
+    return {name for name, _ in seen}
 
 
 def gateway_requirements() -> list[Requirement]:
@@ -261,10 +375,52 @@ def instructions(dockerfile: Path) -> list[Instruction]:
     return found
 
 
-def copied_sources(dockerfile: Path) -> list[str]:
-    """Every source path the Dockerfile's COPY instructions name, in order."""
-    return [
-        source
-        for step in instructions(dockerfile) if step.keyword == "COPY"
-        for source in step.args.split()[:-1] if not source.startswith("--")
-    ]
+@dataclass(frozen=True)
+class Copy:
+    """One COPY instruction: build-context sources and the destination (``dir/`` for a folder)."""
+
+    sources: list[str]
+    destination: str
+
+
+def copies(dockerfile: Path) -> list[Copy]:
+    """The Dockerfile's COPY instructions, in order."""
+    found = []
+    for step in instructions(dockerfile):
+        if step.keyword == "COPY":
+            *sources, destination = [a for a in step.args.split() if not a.startswith("--")]
+            found.append(Copy(sources, destination))
+    return found
+
+
+@dataclass(frozen=True)
+class ImageUser:
+    """The user an image's processes run as: its last ``USER``, made by ``useradd --uid``."""
+
+    name: str
+    uid: int
+
+
+def image_user(dockerfile: Path) -> ImageUser:
+    steps = instructions(dockerfile)
+    users = [step.args for step in steps if step.keyword == "USER"]
+    assert users, f"{dockerfile.name} runs as root: no USER"
+    name = users[-1]
+    commands = " ".join(step.args for step in steps if step.keyword == "RUN")
+    match = re.search(rf"useradd [^&]*--uid (\d+)[^&]* {re.escape(name)}\b", commands)
+    assert match, f"{dockerfile.name}: no `useradd --uid N ... {name}`"
+    return ImageUser(name, int(match.group(1)))
+
+
+def base_image(dockerfile: Path) -> str:
+    """The first FROM's image with ``${ARG}`` replaced by the ARG's default."""
+    steps = instructions(dockerfile)
+    defaults = {}
+    for step in steps:
+        if step.keyword == "FROM":
+            image = step.args.split()[0]
+            return re.sub(r"\$\{?(\w+)\}?", lambda m: defaults[m.group(1)], image)
+        if step.keyword == "ARG" and "=" in step.args:
+            name, value = step.args.split("=", 1)
+            defaults[name] = value
+    raise AssertionError(f"{dockerfile} has no FROM")

@@ -6,22 +6,29 @@ specification offline; the tests then read the merged, interpolated model it pri
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
 
-from olss_core.settings import ENV_PREFIX, Settings, load_settings
+from olss_core.settings import Settings
 from tests.deploy.deploy_files import (
     COMPOSE_FILE,
+    TEST_GRAFANA_PASSWORD,
+    compose_config,
+    compose_config_run,
     mounts,
+    published,
     published_ports,
-    run_tool,
+    redis_bytes,
     scrape_job,
+    settings_from,
+    unknown_settings,
 )
 
 STACK_SERVICES = {"redis", "gateway", "worker", "prometheus", "grafana"}
 NO_HEALTHCHECK_LABEL = "olss.no-healthcheck"
+# Services meant to be reached from other machines: the API, and Grafana (it has a login).
+PUBLIC_SERVICES = {"gateway", "grafana"}
 
 
 @pytest.fixture(params=["gpu", "cpu"])
@@ -44,13 +51,7 @@ def env(service: dict[str, Any]) -> dict[str, str]:
 
 def settings_of(service: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Settings:
     """The service's ``OLSS_*`` environment read by the project's own ``Settings``."""
-    with monkeypatch.context() as patch:
-        for key in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
-            patch.delenv(key)
-        for key, value in env(service).items():
-            if key.startswith(ENV_PREFIX):
-                patch.setenv(key, value)
-        return load_settings()
+    return settings_from(dict(env(service)), monkeypatch)
 
 
 def worker_scrape_port() -> int:
@@ -62,7 +63,7 @@ def worker_scrape_port() -> int:
 def test_the_validator_rejects_an_unknown_service_key(tmp_path) -> None:
     broken = tmp_path / "docker-compose.yml"
     broken.write_text(COMPOSE_FILE.read_text().replace("  redis:\n", "  redis:\n    imgae: x\n", 1))
-    result = run_tool("docker-compose", "-f", broken, "config", "-q")
+    result = compose_config_run(broken, env={"GRAFANA_ADMIN_PASSWORD": TEST_GRAFANA_PASSWORD})
     assert result.returncode != 0 and "imgae" in result.stderr, result.stderr
 
 
@@ -120,9 +121,7 @@ def test_olss_settings_in_compose_are_known_and_valid(
     stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name, service in stack["services"].items():
-        for key in env(service):
-            if key.startswith(ENV_PREFIX):
-                assert key[len(ENV_PREFIX):].lower() in Settings.model_fields, f"{name}: {key}"
+        assert not unknown_settings(dict(env(service))), name
         settings_of(service, monkeypatch)
 
 
@@ -181,3 +180,64 @@ def test_grafana_lets_anonymous_viewers_in(gpu_stack: dict[str, Any]) -> None:
     assert env(grafana)["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
     assert published_ports(grafana) == {3000: 3000}
     assert published_ports(gpu_stack["services"]["prometheus"]) == {9090: 9090}
+
+
+def test_redis_is_not_published(stack: dict[str, Any]) -> None:
+    assert published(stack["services"]["redis"]) == []
+
+
+def test_only_the_gateway_and_grafana_listen_on_every_interface(stack: dict[str, Any]) -> None:
+    for name, service in stack["services"].items():
+        for port in published(service):
+            assert not port.all_interfaces or name in PUBLIC_SERVICES, (
+                f"{name} publishes {port.host_port} on every interface"
+            )
+
+
+def test_prometheus_lifecycle_api_is_on_loopback_only(gpu_stack: dict[str, Any]) -> None:
+    prometheus = gpu_stack["services"]["prometheus"]
+    assert "--web.enable-lifecycle" in prometheus["command"]
+    assert [(p.host_ip, p.container_port) for p in published(prometheus)] == [("127.0.0.1", 9090)]
+
+
+def test_redis_refuses_writes_when_full_rather_than_evict(gpu_stack: dict[str, Any]) -> None:
+    command = gpu_stack["services"]["redis"]["command"]
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    assert redis_bytes(command[command.index("--maxmemory") + 1]) >= 2 * 1024**3
+
+
+def test_redis_maxmemory_follows_redis_maxmemory() -> None:
+    stack = compose_config(COMPOSE_FILE, env={"REDIS_MAXMEMORY": "512mb"})
+    command = stack["services"]["redis"]["command"]
+    assert command[command.index("--maxmemory") + 1] == "512mb"
+
+
+def test_grafana_needs_an_admin_password() -> None:
+    result = compose_config_run(COMPOSE_FILE)
+    assert result.returncode != 0 and "GRAFANA_ADMIN_PASSWORD" in result.stderr, result.stderr
+
+
+def test_grafana_admin_password_is_the_one_given(gpu_stack: dict[str, Any]) -> None:
+    grafana = env(gpu_stack["services"]["grafana"])
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"] == TEST_GRAFANA_PASSWORD
+
+
+def test_api_keys_are_off_unless_olss_api_keys_is_set(
+    gpu_stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert settings_of(gpu_stack["services"]["gateway"], monkeypatch).api_keys == []
+    keyed = compose_config(COMPOSE_FILE, env={"OLSS_API_KEYS": "key-one,key-two"})
+    settings = settings_of(keyed["services"]["gateway"], monkeypatch)
+    assert settings.api_keys == ["key-one", "key-two"]
+
+
+def test_only_workers_mount_the_worker_volumes(stack: dict[str, Any]) -> None:
+    """A new named volume takes the owner of the folder it is first mounted on: only the worker
+    image has these folders, owned by its non-root user."""
+    workers = worker_services(stack)
+    worker_volumes = {m.source for s in workers.values() for m in mounts(s) if not m.is_bind}
+    for name, service in stack["services"].items():
+        if name not in workers and "OLSS_DEVICE" not in env(service):
+            shared = {m.source for m in mounts(service)} & worker_volumes
+            assert not shared, f"{name} mounts the worker volumes {shared}"
+

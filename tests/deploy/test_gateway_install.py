@@ -1,5 +1,6 @@
 """The gateway image's recipe works without a Docker engine: what docker/gateway.Dockerfile
-copies, installed with the ``gateway`` extra alone into a fresh venv, serves without torch.
+copies, installed as its RUN lines install it (the gateway lock, then the project without
+dependencies, then ``pip check``) into a fresh venv, serves without torch.
 
 This installs from the package index (as the image build does), so it needs the network that
 ``make test`` already needs to install the project.
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.deploy_files import DOCKER_DIR, ROOT, copied_sources, instructions
+from tests.deploy.deploy_files import DOCKER_DIR, ROOT, copies, instructions
 
 pytestmark = pytest.mark.e2e
 GATEWAY_DOCKERFILE = DOCKER_DIR / "gateway.Dockerfile"
@@ -29,28 +30,49 @@ print("gateway ok")
 """
 
 
+def copy_into(context: Path) -> None:
+    """Lay out the build context as the Dockerfile's COPY instructions do under its WORKDIR."""
+    for step in copies(GATEWAY_DOCKERFILE):
+        for source in step.sources:
+            path = ROOT / source
+            target = context / step.destination
+            if step.destination.endswith("/"):
+                target = target / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_dir():
+                shutil.copytree(path, target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(path, target)
+
+
+def pip_commands() -> list[list[str]]:
+    """The arguments of every ``pip ...`` command the Dockerfile's RUN lines run, in order."""
+    commands = []
+    for step in instructions(GATEWAY_DOCKERFILE):
+        if step.keyword == "RUN":
+            for command in step.args.split("&&"):
+                args = shlex.split(command)
+                if args[0] == "pip":
+                    commands.append(args[1:])
+    return commands
+
+
 @pytest.fixture(scope="module")
 def gateway_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh venv with the Dockerfile's sources installed as its RUN line installs them."""
+    """A fresh venv with the Dockerfile's sources installed as its RUN lines install them."""
     work = tmp_path_factory.mktemp("gateway-image")
     context = work / "opt-olss"
-    context.mkdir()
-    for source in copied_sources(GATEWAY_DOCKERFILE):
-        path = ROOT / source
-        if path.is_dir():
-            shutil.copytree(path, context / path.name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(path, context / path.name)
+    copy_into(context)
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    (install,) = [s.args for s in instructions(GATEWAY_DOCKERFILE) if s.keyword == "RUN"]
-    pip_args = shlex.split(install.split("&&")[0])
-    assert pip_args[:2] == ["pip", "install"], install
-    done = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *pip_args[2:]],
-        cwd=context, capture_output=True, text=True, timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
+    commands = pip_commands()
+    assert [args[0] for args in commands] == ["install", "install", "check"], commands
+    for args in commands:
+        done = subprocess.run(
+            [str(venv / "bin" / "python"), "-m", "pip", *args[:1], "-q", *args[1:]],
+            cwd=context, capture_output=True, text=True, timeout=600,
+        )
+        assert done.returncode == 0, f"pip {' '.join(args)}:\n{done.stdout}{done.stderr[-4000:]}"
     return venv
 
 

@@ -1,7 +1,8 @@
 """docker/*.Dockerfile and .dockerignore, read without a Docker engine.
 
-The gateway image is python-slim with only the gateway's code and the project's ``gateway``
-extra; the worker image is a CUDA PyTorch runtime with no weights. That the gateway really runs
+The gateway image is python-slim with only the gateway's code and the locked versions of the
+project's ``gateway`` extra; the worker image is a CUDA PyTorch runtime with no weights. Both run
+as a non-root user. (Their locks: tests/deploy/test_lock.py.) That the gateway really runs
 on that extra alone is checked by installing it into a fresh venv
 (tests/deploy/test_gateway_install.py) and by starting it restricted to those packages
 (tests/deploy/test_metric_names.py).
@@ -20,7 +21,9 @@ from tests.deploy.deploy_files import (
     COMPOSE_FILE,
     DOCKER_DIR,
     ROOT,
+    base_image,
     gateway_requirements,
+    image_user,
     instructions,
     load_yaml,
 )
@@ -29,20 +32,8 @@ GATEWAY_DOCKERFILE = DOCKER_DIR / "gateway.Dockerfile"
 WORKER_DOCKERFILE = DOCKER_DIR / "worker.Dockerfile"
 HEAVY_PACKAGES = {"torch", "diffusers", "transformers", "safetensors", "accelerate"}
 GATEWAY_CODE = {"olss_core", "olss_cli", "app"}
-
-
-def base_image(dockerfile: Path) -> str:
-    """The first FROM's image with ``${ARG}`` replaced by the ARG's default."""
-    steps = instructions(dockerfile)
-    defaults = {}
-    for step in steps:
-        if step.keyword == "FROM":
-            image = step.args.split()[0]
-            return re.sub(r"\$\{?(\w+)\}?", lambda m: defaults[m.group(1)], image)
-        if step.keyword == "ARG" and "=" in step.args:
-            name, value = step.args.split("=", 1)
-            defaults[name] = value
-    raise AssertionError(f"{dockerfile} has no FROM")
+# The folders the worker writes (its ENV), all volumes.
+WORKER_FOLDERS = ("HF_HOME", "OLSS_CACHE_DIR", "OLSS_SCHEDULE_DIR")
 
 
 def runs(dockerfile: Path) -> list[str]:
@@ -52,7 +43,8 @@ def runs(dockerfile: Path) -> list[str]:
 def test_gateway_image_is_python_slim_with_no_torch() -> None:
     assert fnmatch.fnmatch(base_image(GATEWAY_DOCKERFILE), "python:3.1*-slim*")
     commands = " ".join(runs(GATEWAY_DOCKERFILE))
-    assert re.search(r"pip install (-\S+ )*\"?\.\[gateway\]\"?", commands), "not the gateway extra"
+    assert "pip install --no-deps -r requirements/gateway.lock" in commands, "not the gateway lock"
+    assert re.search(r"pip install --no-deps \.( |$)", commands), "the project with its own deps"
     for package in HEAVY_PACKAGES:
         assert package not in commands, f"the gateway image installs {package}"
 
@@ -63,7 +55,7 @@ def test_gateway_image_copies_only_the_gateway_code() -> None:
         for step in instructions(GATEWAY_DOCKERFILE) if step.keyword == "COPY"
         for source in step.args.split()[:-1] if not source.startswith("--")
     }
-    assert copied - {"pyproject.toml", "README.md"} == GATEWAY_CODE
+    assert copied - {"pyproject.toml", "README.md", "gateway.lock"} == GATEWAY_CODE
 
 
 def test_gateway_extra_has_no_torch() -> None:
@@ -90,6 +82,34 @@ def test_worker_image_bakes_in_no_model_weights() -> None:
     hf_home = re.search(r"HF_HOME=(\S+)", env).group(1)
     volumes = " ".join(s.args for s in instructions(WORKER_DOCKERFILE) if s.keyword == "VOLUME")
     assert hf_home in volumes
+
+
+def env_defaults(dockerfile: Path) -> dict[str, str]:
+    """``ENV NAME=value`` pairs of the Dockerfile."""
+    pairs = " ".join(s.args for s in instructions(dockerfile) if s.keyword == "ENV")
+    return dict(re.findall(r"(\w+)=(\S+)", pairs))
+
+
+@pytest.mark.parametrize(
+    "dockerfile", [GATEWAY_DOCKERFILE, WORKER_DOCKERFILE], ids=["gateway", "worker"]
+)
+def test_images_run_as_a_non_root_user(dockerfile: Path) -> None:
+    user = image_user(dockerfile)
+    assert user.name not in ("root", "0") and user.uid != 0
+
+
+def test_the_worker_user_owns_the_folders_it_writes_before_they_become_volumes() -> None:
+    steps = instructions(WORKER_DOCKERFILE)
+    user = image_user(WORKER_DOCKERFILE)
+    folders = {name: env_defaults(WORKER_DOCKERFILE)[name] for name in WORKER_FOLDERS}
+    (volume,) = [i for i, s in enumerate(steps) if s.keyword == "VOLUME"]
+    chowns = [
+        i for i, s in enumerate(steps)
+        if s.keyword == "RUN" and f"chown {user.name}" in s.args
+        and all(f"${{{name}}}" in s.args for name in folders)
+    ]
+    assert chowns and chowns[0] < volume, "the folders are not the user's before VOLUME"
+    assert set(folders.values()) <= set(re.findall(r'"([^"]+)"', steps[volume].args))
 
 
 def dockerignore_excludes(path: str) -> bool:

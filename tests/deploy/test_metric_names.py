@@ -12,12 +12,11 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, distribution, packages_distributions
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import httpx
 import pytest
-from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -29,6 +28,7 @@ from tests.deploy.deploy_files import (
     grouping_labels,
     label_matchers,
     load_dashboard,
+    requirement_closure,
     series_names,
 )
 from tests.support.ports import free_port
@@ -68,28 +68,6 @@ sys.meta_path.insert(0, GatewayImage())
 with open(os.environ["GATEWAY_IMAGE_ABSENT_MODULES"] + ".loaded", "w") as file:
     file.write(str(os.getpid()))
 """
-
-
-def requirement_closure(requirements: list[Requirement]) -> set[str]:
-    """Distributions the requirements pull in (extras and markers applied), as installed here."""
-    seen: set[tuple[str, frozenset[str]]] = set()
-    todo = list(requirements)
-    while todo:
-        requirement = todo.pop()
-        key = (canonicalize_name(requirement.name), frozenset(requirement.extras))
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            dist = distribution(requirement.name)
-        except PackageNotFoundError:
-            continue
-        extras = requirement.extras or {""}
-        for spec in dist.requires or []:
-            sub = Requirement(spec)
-            if sub.marker is None or any(sub.marker.evaluate({"extra": e}) for e in extras):
-                todo.append(sub)
-    return {name for name, _ in seen}
 
 
 def gateway_image_modules() -> set[str]:

@@ -6,11 +6,18 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
-from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 from devtools.host_sync import detect_host_syncs
 from schedules import OLSSScheduler
-from workers.fast_path import FastPathOptions, apply_fast_path, pick_device
+from workers.attention import ClassicProcessor, SDPAProcessor
+from workers.fast_path import (
+    GRAPHING_COMPILE_MODES,
+    FastPathOptions,
+    apply_fast_path,
+    pick_device,
+    use_compile_cache,
+)
+from workers.served_graphs import GraphMode
 
 CPU = torch.device("cpu")
 
@@ -18,7 +25,7 @@ CPU = torch.device("cpu")
 # --------------------------------------------------------------------------- options
 
 
-def test_cuda_defaults_turn_on_fp16_and_channels_last_but_not_compile() -> None:
+def test_cuda_defaults_turn_on_fp16_channels_last_and_step_graphs_but_not_compile() -> None:
     options = FastPathOptions.for_device(torch.device("cuda"))
     assert (options.fp16, options.sdpa, options.channels_last, options.compile) == (
         True,
@@ -26,6 +33,7 @@ def test_cuda_defaults_turn_on_fp16_and_channels_last_but_not_compile() -> None:
         True,
         False,
     )
+    assert options.cuda_graphs is GraphMode.STEP and options.fixed_shapes
     assert options.dtype == torch.float16
 
 
@@ -37,15 +45,18 @@ def test_cpu_defaults_are_fp32_with_sdpa() -> None:
         False,
         False,
     )
+    assert options.cuda_graphs is GraphMode.OFF and not options.fixed_shapes
     assert options.dtype == torch.float32
 
 
 def test_none_overrides_keep_the_device_default_and_others_apply() -> None:
     options = FastPathOptions.for_device(
-        torch.device("cuda"), fp16=None, sdpa=False, channels_last=None, compile=True
+        torch.device("cuda"), fp16=None, sdpa=False, channels_last=None, compile=True,
+        cuda_graphs="loop",
     )
     assert options.fp16 and not options.sdpa and options.channels_last and options.compile
-    assert options.label == "fp16+classic-attn+channels_last+compile(default)"
+    assert options.cuda_graphs is GraphMode.LOOP
+    assert options.label == "fp16+classic-attn+channels_last+compile(default)+graphs(loop)"
 
 
 def test_unknown_option_and_bad_compile_mode_are_rejected_by_name() -> None:
@@ -53,6 +64,29 @@ def test_unknown_option_and_bad_compile_mode_are_rejected_by_name() -> None:
         FastPathOptions.for_device(CPU, fp8=True)
     with pytest.raises(ValueError, match="turbo"):
         FastPathOptions(compile_mode="turbo")
+    with pytest.raises(ValueError, match="sometimes"):
+        FastPathOptions(cuda_graphs="sometimes")
+
+
+@pytest.mark.parametrize("mode", GRAPHING_COMPILE_MODES)
+def test_compile_modes_that_capture_their_own_graphs_refuse_the_workers_graphs(mode: str) -> None:
+    with pytest.raises(ValueError, match="captures its own CUDA graphs"):
+        FastPathOptions(compile=True, compile_mode=mode, cuda_graphs=GraphMode.STEP)
+    assert FastPathOptions(compile=True, compile_mode=mode).compile  # alone they are fine
+    no_graphs = FastPathOptions(compile=True, compile_mode="max-autotune-no-cudagraphs",
+                                cuda_graphs=GraphMode.LOOP)
+    assert no_graphs.fixed_shapes
+
+
+def test_the_compile_cache_goes_to_the_given_folder(tmp_path, monkeypatch) -> None:
+    import torch._inductor.config as inductor_config
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "elsewhere"))  # restored after
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
+    use_compile_cache(tmp_path / "torch-compile")
+    assert cache_dir() == str(tmp_path / "torch-compile")
+    assert inductor_config.fx_graph_cache is True
 
 
 def test_pick_device() -> None:
@@ -86,11 +120,11 @@ def test_sdpa_switch_selects_the_attention_everywhere_and_keeps_the_image(
     tiny_pipeline: StableDiffusionPipeline,
 ) -> None:
     pipe = apply_fast_path(tiny_pipeline, CPU, FastPathOptions(sdpa=False))
-    assert _attention_processors(pipe) == {AttnProcessor}
+    assert _attention_processors(pipe) == {ClassicProcessor}
     assert pipe.text_encoder.config._attn_implementation == "eager"
     classic = _image(pipe)
     pipe = apply_fast_path(pipe, CPU, FastPathOptions(sdpa=True))
-    assert _attention_processors(pipe) == {AttnProcessor2_0}
+    assert _attention_processors(pipe) == {SDPAProcessor}
     assert pipe.text_encoder.config._attn_implementation == "sdpa"
     torch.testing.assert_close(_image(pipe), classic, atol=1e-4, rtol=1e-4)
 

@@ -1,4 +1,5 @@
-"""Batched inference on the tiny pipeline: seeds reproduce alone or batched; cancel stops it."""
+"""Batched inference on the tiny pipeline: the same images as a diffusers pipeline call, seeds
+reproduce alone or batched, cancel stops it."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, SchedulerMixin
 
 from olss_core.protocol import JobSpec
+from schedules import OLSSScheduler
+from tests.support.schedules import build_schedule
 from tests.support.torch_threads import single_torch_thread
 from workers.engine import BatchInterrupted
+from workers.image_decoding import decode_to_pixels, to_host
 from workers.inference import InferenceEngine
 
 PIXEL_TOLERANCE = 2  # of 255: CPU convolutions may differ in the last bits with batch size
@@ -80,3 +84,42 @@ def test_step_hook_sees_every_step_and_can_stop_the_batch(engine: InferenceEngin
     with pytest.raises(BatchInterrupted):
         engine.generate([spec("x", 1, scheduler="ddim", steps=6)], scheduler, stop_after_two)
     assert seen == [(1, 6), (2, 6)]
+
+
+SCHEDULERS = {
+    "olss": lambda config: OLSSScheduler.from_schedule(build_schedule(4)),
+    "dpmsolver++": DPMSolverMultistepScheduler.from_config,
+    "ddim": DDIMScheduler.from_config,
+}
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_the_engine_makes_the_images_of_a_pipeline_call(engine: InferenceEngine, name: str) -> None:
+    """The worker's own stages (one text-encoder call for both guidance halves, its loop, the
+    decoder to uint8 on the device) against ``StableDiffusionPipeline.__call__``."""
+    make = SCHEDULERS[name]
+    config = engine.pipe.scheduler.config
+    served: SchedulerMixin = make(config)
+    job = spec("a lighthouse at dusk", 7, num_images=2, negative_prompt="blurry", scheduler=name)
+    ours = engine.generate([job], served).images[0]
+    pipe = engine.pipe
+    pipe.scheduler = make(config)
+    theirs = pipe(
+        [job.prompt] * 2, negative_prompt=[job.negative_prompt] * 2, height=32, width=32,
+        num_inference_steps=4, guidance_scale=7.5,
+        generator=[torch.Generator().manual_seed(seed) for seed in job.seeds],
+    ).images
+    for mine, reference in zip(ours, theirs, strict=True):
+        assert np.abs(pixels(mine) - pixels(reference)).max() <= 1
+
+
+def test_pixels_are_the_image_processors_to_the_bit(engine: InferenceEngine) -> None:
+    pipe = engine.pipe
+    latents = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ours = to_host(decode_to_pixels(pipe.vae, latents))
+        decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+        theirs = pipe.image_processor.postprocess(decoded, output_type="pil")
+    assert ours.dtype == np.uint8 and ours.shape == (3, 32, 32, 3)
+    for mine, reference in zip(ours, theirs, strict=True):
+        assert np.array_equal(mine, np.asarray(reference))

@@ -1,5 +1,6 @@
-"""BatchReceiver on the real Redis: expired leases before new entries, a short wait for more,
-every entry received held, entries without a record dropped."""
+"""BatchReceiver on the real Redis: expired leases before new entries, a lone job on an idle
+worker starts at once, a batch waits for more only while jobs keep arriving (or, with a fixed
+window, the whole window), every entry received held, entries without a record dropped."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import redis
 from olss_core.keys import job_key
 from olss_core.settings import Settings
 from tests.support.queued_jobs import MODEL, enqueue, job_spec
+from workers.batch_window import BatchWindow
 from workers.leases import LeaseTracker
 from workers.lifecycle import JobLifecycle
 from workers.receiver import BatchReceiver
@@ -23,26 +25,60 @@ def test_an_expired_lease_is_taken_before_a_new_entry(
     dead = JobLifecycle(db, settings, MODEL, "dead-worker")
     assert [d.job_id for d in dead.read_new(1, block_ms=None)] == [orphan]  # ... and it dies
     time.sleep(settings.lease_ms * 1.5 / 1000)
-    receiver = BatchReceiver(lifecycle, leases, max_entries=1, max_wait_ms=0)
+    receiver = BatchReceiver(lifecycle, leases, max_entries=1, window=BatchWindow(1, 0))
     assert [job.id for job in receiver.receive()] == [orphan]
     assert [job.id for job in receiver.receive()] == [new]
 
 
-def test_it_waits_briefly_for_more_entries_to_fill_the_batch(
-    settings: Settings, lifecycle: JobLifecycle, leases: LeaseTracker
-) -> None:
+def _receive_with_a_late_job(
+    settings: Settings, lifecycle: JobLifecycle, leases: LeaseTracker, window: BatchWindow,
+    late_after_s: float,
+) -> tuple[list[str], list[str], float]:
+    """Queue a job, queue another ``late_after_s`` later, receive once: (ids received, the late
+    id, seconds the receive took)."""
     (first,) = enqueue(settings, [job_spec()])
     late: list[str] = []
-    later = threading.Timer(0.1, lambda: late.extend(enqueue(settings, [job_spec()])))
+    later = threading.Timer(late_after_s, lambda: late.extend(enqueue(settings, [job_spec()])))
     later.start()
-    receiver = BatchReceiver(lifecycle, leases, max_entries=4, max_wait_ms=400)
+    receiver = BatchReceiver(lifecycle, leases, max_entries=4, window=window)
     started = time.monotonic()
     jobs = receiver.receive()
     waited = time.monotonic() - started
     later.join()
-    assert [job.id for job in jobs] == [first, *late]
-    assert 0.4 <= waited < 1.0  # the whole wait, since the batch never filled
+    assert jobs[0].id == first
     assert leases.held() == {job.message_id for job in jobs}
+    return [job.id for job in jobs], late, waited
+
+
+def test_a_lone_job_on_an_idle_worker_does_not_wait_out_the_batch_window(
+    settings: Settings, lifecycle: JobLifecycle, leases: LeaseTracker
+) -> None:
+    window = BatchWindow(max_batch=4, max_wait_ms=5000)  # adaptive
+    received, late, waited = _receive_with_a_late_job(settings, lifecycle, leases, window, 0.3)
+    assert late and late[0] not in received  # it started without waiting for the next job
+    assert waited < 0.25, f"a lone job waited {waited:.3f} s of a 5 s window"
+
+
+def test_while_jobs_keep_arriving_the_batch_waits_for_the_next(
+    db: redis.Redis, settings: Settings, lifecycle: JobLifecycle, leases: LeaseTracker
+) -> None:
+    window = BatchWindow(max_batch=4, max_wait_ms=2000)
+    seconds, micros = db.time()
+    now_ms = seconds * 1000 + micros // 1000
+    # The recent past: a job every 300 ms, the last one 300 ms ago; the late job comes sooner.
+    window.arrived(f"{now_ms - 300 * n}-0" for n in range(4, 0, -1))
+    received, late, waited = _receive_with_a_late_job(settings, lifecycle, leases, window, 0.1)
+    assert late and received == [received[0], late[0]]
+    assert waited < 1.5  # it stopped once the arrivals stopped, well before the 2 s window
+
+
+def test_a_fixed_window_is_waited_out_even_for_a_lone_job(
+    settings: Settings, lifecycle: JobLifecycle, leases: LeaseTracker
+) -> None:
+    window = BatchWindow(max_batch=4, max_wait_ms=400, adaptive=False)
+    received, late, waited = _receive_with_a_late_job(settings, lifecycle, leases, window, 0.1)
+    assert received == [received[0], *late]
+    assert 0.4 <= waited < 1.0  # the whole wait, since the batch never filled
 
 
 def test_an_entry_whose_record_expired_is_acknowledged_and_not_held(
@@ -50,6 +86,6 @@ def test_an_entry_whose_record_expired_is_acknowledged_and_not_held(
 ) -> None:
     expired, alive = enqueue(settings, [job_spec(), job_spec()])
     db.delete(job_key(expired))
-    jobs = BatchReceiver(lifecycle, leases, max_entries=4, max_wait_ms=0).receive()
+    jobs = BatchReceiver(lifecycle, leases, max_entries=4, window=BatchWindow(4, 0)).receive()
     assert [job.id for job in jobs] == [alive]
     assert leases.held() == {jobs[0].message_id}

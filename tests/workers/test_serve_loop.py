@@ -17,6 +17,7 @@ from tests.support.fake_engine import FakeEngine
 from tests.support.ports import free_port
 from tests.support.queued_jobs import MODEL, enqueue, job_spec
 from workers.batch_runner import BatchRunner
+from workers.batch_window import BatchWindow
 from workers.leases import LeaseTracker
 from workers.lifecycle import JobLifecycle
 from workers.receiver import BatchReceiver
@@ -36,7 +37,7 @@ def serve_loop(
     runner = BatchRunner(
         lifecycle, engine, leases, ResultWriter(lifecycle, leases, metrics), metrics
     )
-    receiver = BatchReceiver(lifecycle, leases, max_entries=8, max_wait_ms=0)
+    receiver = BatchReceiver(lifecycle, leases, max_entries=8, window=BatchWindow(8, 0))
     return ServeLoop(receiver, runner, lifecycle, leases, 8, stopping, backoff)
 
 

@@ -1,53 +1,65 @@
-"""``POST /generate``: validate, enqueue, then wait for the result (sync) or return 202 (async)."""
+"""``POST /generate``: validate, enqueue, then wait for the result (sync) or return 202 (async).
+
+What a sync reply is follows ``Accept`` (``app.negotiation``): JSON with base64 images, or, for
+one image, the image itself. The choice is made before the job is queued, so a request no
+reply can satisfy (``Accept: image/png`` with ``num_images: 2``, or with ``output_format:
+webp``) is a 406 that costs no GPU time. A sync client that goes away while it waits cancels
+its job, unless an ``Idempotency-Key`` lets another request wait for the same job.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
-from typing import Annotated
+import contextlib
+import logging
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Body, Header, Request
 from fastapi.responses import JSONResponse, Response
 
 from app import jobs
 from app.api.deps import (
-    ApiKeyDep,
     BytesRedisDep,
+    CallerDep,
     FleetDep,
     NotifierDep,
     QueueDep,
     RedisDep,
     SettingsDep,
 )
-from app.errors import JobCanceled, JobFailed
-from app.queue import idempotency_digest
+from app.errors import (
+    JobCanceled,
+    JobFailed,
+    JobFinished,
+    JobNotFound,
+    NotAcceptable,
+    error_responses,
+)
+from app.negotiation import JSON, best_match
+from app.queue import Idempotency
 from app.schemas import GenerateRequest, GenerateResult, ImageOut, JobAccepted, JobLinks
 from app.validation import build_job_spec
 from olss_core.job_states import JobStatus
 from olss_core.protocol import OUTPUT_FORMATS, JobRecord, OutputFormat
 
 router = APIRouter(tags=["generate"])
+log = logging.getLogger(__name__)
 
 _FORMAT_BY_TYPE: dict[str, OutputFormat] = {v: k for k, v in OUTPUT_FORMATS.items()}
-
-
-def _accepted_types(accept: str | None) -> list[str]:
-    return [part.split(";")[0].strip().lower() for part in (accept or "").split(",")]
-
-
-def _accept_format(accept: str | None) -> OutputFormat | None:
-    """The first image format named in ``Accept``, if any."""
-    for media_type in _accepted_types(accept):
-        if media_type in _FORMAT_BY_TYPE:
-            return _FORMAT_BY_TYPE[media_type]
-    return None
-
-
-def _wants_raw(accept: str | None, record: JobRecord) -> bool:
-    """Raw bytes when ``Accept`` takes the job's image type and there is one image."""
-    types = _accepted_types(accept)
-    return record.spec.num_images == 1 and (
-        record.spec.content_type in types or "image/*" in types
-    )
+CLIENT_CLOSED_REQUEST = 499
+"""Status recorded (never received) when a sync client left before its reply (nginx's code)."""
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+REQUEST_EXAMPLES: dict[str, Any] = {
+    "default model": {
+        "summary": "the default model at its defaults",
+        "value": {"prompt": "a handwritten seven"},
+    },
+    "two images": {
+        "summary": "two images, fixed seed",
+        "value": {"prompt": "a handwritten three", "seed": 42, "num_images": 2},
+    },
+}
 
 
 def _wants_async(prefer: str | None) -> bool:
@@ -55,14 +67,48 @@ def _wants_async(prefer: str | None) -> bool:
     return "respond-async" in tokens
 
 
-def accepted(job_id: str, status: JobStatus) -> JSONResponse:
-    """202 with the job id, its status and its links; the job goes on."""
+def negotiate(body: GenerateRequest, accept: str | None) -> tuple[str, OutputFormat]:
+    """The sync reply's media type and the job's image format, or ``NotAcceptable``.
+
+    JSON always fits; the image itself only for one image, of ``output_format`` when given.
+    Ties go to JSON (``*/*``); the format is ``output_format``, else the image type ``Accept``
+    likes best, else png.
+    """
+    formats = [body.output_format] if body.output_format else list(OUTPUT_FORMATS)
+    image_types = [OUTPUT_FORMATS[f] for f in formats]
+    offered = [JSON, *image_types] if body.num_images == 1 else [JSON]
+    chosen = best_match(offered, accept)
+    if chosen is None:
+        raise _not_acceptable(body, accept, offered)
+    if body.output_format:
+        return chosen, body.output_format
+    if chosen != JSON:
+        return chosen, _FORMAT_BY_TYPE[chosen]
+    return chosen, _FORMAT_BY_TYPE.get(best_match(image_types, accept) or "", "png")
+
+
+def _not_acceptable(body: GenerateRequest, accept: str | None, offered: list[str]
+                    ) -> NotAcceptable:
+    if body.num_images > 1:
+        why = f"num_images={body.num_images} is answered only as {JSON}"
+    elif body.output_format:
+        why = f"output_format={body.output_format} is answered as {' or '.join(offered)}"
+    else:
+        why = f"the answer is {' or '.join(offered)}"
+    return NotAcceptable(f"Accept: {accept} takes none of it: {why}")
+
+
+def accepted(job_id: str, status: JobStatus, async_applied: bool) -> JSONResponse:
+    """202 with the job id, its status and its links; the job goes on.
+
+    ``Preference-Applied`` answers a ``Prefer: respond-async`` only when one was sent.
+    """
     links = JobLinks.for_job(job_id)
     body = JobAccepted(id=job_id, status=status, links=links)
-    return JSONResponse(
-        body.model_dump(mode="json"), status_code=202,
-        headers={"Location": links.self, "Preference-Applied": "respond-async"},
-    )
+    headers = {"Location": links.self}
+    if async_applied:
+        headers["Preference-Applied"] = "respond-async"
+    return JSONResponse(body.model_dump(mode="json"), status_code=202, headers=headers)
 
 
 def _result_headers(record: JobRecord) -> dict[str, str]:
@@ -93,45 +139,102 @@ def _json_result(record: JobRecord, images: list[bytes]) -> GenerateResult:
     )
 
 
+async def _watch_disconnect(request: Request, gone: asyncio.Event) -> None:
+    """Sets ``gone`` when the client closes its connection (ASGI ``http.disconnect``)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    gone.set()
+
+
+def job_links(job_id: str) -> dict[str, Any]:
+    """OpenAPI links from a response naming a job (``job_id`` is a runtime expression)."""
+    job = {"job_id": job_id}
+    return {
+        "GetJob": {"operationId": "get_job", "parameters": job},
+        "CancelJob": {"operationId": "cancel_job", "parameters": job},
+        "JobEvents": {"operationId": "job_events", "parameters": job},
+        "GetImage": {"operationId": "get_image", "parameters": {**job, "index": 0}},
+    }
+
+
 @router.post(
     "/generate",
+    operation_id="generate",
     response_model=GenerateResult,
     responses={
-        200: {"content": {t: {} for t in OUTPUT_FORMATS.values()},
-              "description": "JSON, or the image itself with Accept: image/png|jpeg|webp"},
-        202: {"model": JobAccepted, "description": "async, or the sync wait timed out"},
+        200: {"content": {JSON: {}, **{t: BINARY for t in OUTPUT_FORMATS.values()}},
+              "description": "JSON, or the image itself when Accept takes it and there is one",
+              "links": job_links("$response.header.X-Job-Id")},
+        202: {"model": JobAccepted,
+              "description": "Prefer: respond-async, or the sync wait timed out: the job goes on",
+              "links": job_links("$response.body#/id")},
+        **error_responses(400, 401, 404, 406, 409, 413, 422, 429, 500, 503),
     },
 )
 async def generate(
-    body: GenerateRequest,
+    request: Request,
+    body: Annotated[GenerateRequest, Body(openapi_examples=REQUEST_EXAMPLES)],
     settings: SettingsDep,
     redis: RedisDep,
     redis_bytes: BytesRedisDep,
     queue: QueueDep,
     fleet: FleetDep,
     notifier: NotifierDep,
-    api_key: ApiKeyDep,
-    accept: Annotated[str | None, Header()] = None,
-    prefer: Annotated[str | None, Header(description="respond-async for 202")] = None,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    caller: CallerDep,
+    prefer: Annotated[str | None, Header(description="respond-async for 202 at once")] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(max_length=255, description="the same key and request return the same job"),
+    ] = None,
 ) -> Response:
     """Generate images. Sync by default; ``Prefer: respond-async`` returns 202 at once."""
-    spec = build_job_spec(body, await fleet.get(), settings, _accept_format(accept))
-    digest = idempotency_digest(idempotency_key, api_key) if idempotency_key else None
-    enqueued = await queue.enqueue(spec, digest)
+    wants_async = _wants_async(prefer)
+    accept = request.headers.get("accept")
+    try:
+        media_type, output_format = negotiate(body, accept)
+    except NotAcceptable:
+        if not wants_async:  # a 202 is JSON whatever Accept says: only its format matters
+            raise
+        media_type, output_format = JSON, body.output_format or "png"
+    current = await fleet.get()
+    spec = build_job_spec(body, current, settings, output_format)
+    idempotency = (
+        Idempotency.of(idempotency_key, caller.key, f"{body.model_dump_json()} {output_format}")
+        if idempotency_key else None
+    )
+    enqueued = await queue.enqueue(spec, idempotency, caller.owner,
+                                   workers=current.by_model().get(spec.model, []))
     job_id = enqueued.job_id
-    if _wants_async(prefer) and not enqueued.existing:
-        return accepted(job_id, JobStatus.QUEUED)
-    if _wants_async(prefer) or not await notifier.wait(
-        job_id, lambda: jobs.is_finished(redis, job_id), settings.sync_timeout_s
-    ):
-        return accepted(job_id, (await jobs.get_record(redis, job_id)).status)
-    record, images = await jobs.get_result(redis_bytes, job_id, settings.max_num_images)
+    request.state.job_id = job_id
+    if settings.log_prompts:
+        log.info("job %s prompt %r negative %r", job_id, spec.prompt, spec.negative_prompt)
+    if wants_async:
+        status = (await jobs.get_record(redis, job_id, caller)).status if enqueued.existing \
+            else JobStatus.QUEUED
+        return accepted(job_id, status, async_applied=True)
+    gone = asyncio.Event()
+    watcher = asyncio.ensure_future(_watch_disconnect(request, gone))
+    try:
+        finished = await notifier.wait(job_id, lambda: jobs.is_finished(redis, job_id),
+                                       settings.sync_timeout_s, abandoned=gone)
+    finally:
+        watcher.cancel()
+    if finished is None:
+        if not (idempotency or enqueued.existing):
+            with contextlib.suppress(JobFinished, JobNotFound):
+                await queue.cancel(job_id)
+            log.info("job %s canceled: its sync client disconnected", job_id)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    if not finished:
+        return accepted(job_id, (await jobs.get_record(redis, job_id, caller)).status,
+                        async_applied=False)
+    record, images = await jobs.get_result(redis_bytes, job_id, settings.max_num_images, caller)
     if record.status is JobStatus.FAILED:
         raise JobFailed(f"job {job_id} failed: {record.error}")
     if record.status is JobStatus.CANCELED:
         raise JobCanceled(f"job {job_id} was canceled")
-    if _wants_raw(accept, record):
+    await jobs.delivered(redis, job_id, range(len(images)), settings.delivered_image_ttl_s)
+    if media_type != JSON:
         return Response(images[0], media_type=record.spec.content_type,
                         headers=_result_headers(record))
     return JSONResponse(_json_result(record, images).model_dump(mode="json"),
