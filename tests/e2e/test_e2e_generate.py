@@ -110,10 +110,13 @@ def test_num_images_use_consecutive_seeds(stack) -> None:
 
 
 def test_idempotency_key_returns_the_same_job(stack) -> None:
+    """The same key and body is the same job; the same key with another body is a conflict."""
     headers = {"Idempotency-Key": "e2e-1", "Prefer": "respond-async"}
     first = stack.http.post("/generate", json={"prompt": "x"}, headers=headers).json()["id"]
-    second = stack.http.post("/generate", json={"prompt": "y"}, headers=headers).json()["id"]
-    assert first == second
+    again = stack.http.post("/generate", json={"prompt": "x"}, headers=headers).json()["id"]
+    assert first == again
+    other = stack.http.post("/generate", json={"prompt": "y"}, headers=headers)
+    assert (other.status_code, other.json()["error_type"]) == (422, "idempotency_conflict")
 
 
 def test_both_processes_export_their_metrics(stack) -> None:
