@@ -1,19 +1,22 @@
-"""Analytic diffusion testbed: a class-conditional Gaussian mixture with an exact noise predictor.
+"""Analytic diffusion testbed: a class-conditional Gaussian mixture with an exact model.
 
-The data distribution is a mixture of isotropic Gaussians ``N(mu_k, s_k^2 I)``; each class owns
-one or a few components. Under the variance-preserving forward process of Ho et al. (2020),
-``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` (DDPM eq. 4), every marginal stays a mixture:
+The data distribution is a mixture of Gaussians ``N(mu_k, Sigma_k)``, all covariances diagonal
+in one shared rotated basis (isotropic, or low-rank: wide along a subspace, thin across it); each
+class owns one or a few components. Under the variance-preserving forward process of Ho et al.
+(2020), ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps`` (DDPM eq. 4), every marginal stays a
+mixture:
 
-    p_t(x | c) = sum_{k in c} w_k N(x; sqrt(abar_t) mu_k, (abar_t s_k^2 + 1 - abar_t) I).
+    p_t(x | c) = sum_{k in c} w_k N(x; sqrt(abar_t) mu_k, abar_t Sigma_k + (1 - abar_t) I).
 
 The minimum-MSE noise prediction is ``eps(x, t) = -sqrt(1 - abar_t) grad_x log p_t(x)``
 (Song et al., 2021, "Score-Based Generative Modeling through SDEs", eq. 4 with the VP
-perturbation kernel), so the "model" here is exact and costs microseconds. Classifier-free
-guidance combines the conditional and unconditional predictions as
-``eps_u + g (eps_c - eps_u)`` (Ho & Salimans, 2022, eq. 6).
+perturbation kernel), and the minimum-MSE ``x_0`` prediction is the exact posterior mean, so
+the "model" here is exact, for every ``prediction_type`` (epsilon, v, sample), and costs
+microseconds. Classifier-free guidance combines the conditional and unconditional predictions as
+``out_u + g (out_c - out_u)`` (Ho & Salimans, 2022, eq. 6).
 
-The noise schedule is Stable Diffusion's scaled-linear one (:mod:`devtools.sd_configs`).
-Everything is float64.
+The noise schedule is Stable Diffusion's scaled-linear one (:mod:`devtools.sd_configs`) unless
+another ``alphas_cumprod`` is given (e.g. zero terminal SNR). Everything is float64.
 """
 
 from __future__ import annotations
@@ -49,24 +52,37 @@ def alpha_bar_at(timestep: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.
 
     ``log SNR = log(abar / (1 - abar)) = -2 log sigma``, so this is linear interpolation of
     ``log sigma``: the exact inverse of diffusers' ``_sigma_to_t``, which Karras-sigma schedulers
-    use to turn a sigma into a float timestep. Timesteps are clamped to ``[0, 999]``.
+    use to turn a sigma into a float timestep. Timesteps are clamped to ``[0, T-1]``.
     """
     t = timestep.to(torch.float64).clamp(0.0, alphas_cumprod.numel() - 1)
     log_snr = torch.log(alphas_cumprod) - torch.log1p(-alphas_cumprod)
     low = t.floor().long().clamp(max=alphas_cumprod.numel() - 2)
     frac = t - low
-    interp = log_snr[low] * (1.0 - frac) + log_snr[low + 1] * frac
+    below, above = log_snr[low], log_snr[low + 1]
+    # At integer timesteps take the table's value: a zero-terminal-SNR end is -inf, and
+    # -inf * 0 would be NaN.
+    interp = torch.where(
+        frac == 0, below, torch.where(frac == 1, above, below + frac * (above - below))
+    )
     return torch.sigmoid(interp)
+
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+"""What the analytic model can return: diffusers' ``prediction_type`` values."""
 
 
 @dataclass(frozen=True)
 class MixtureConfig:
     """A class-conditional Gaussian mixture in ``dim`` dimensions.
 
-    Class centres are ``separation * u_c`` with ``u_c ~ N(0, I / dim)`` (so ``|centre| ~
-    separation``); each of a class's ``components_per_class`` components sits at its centre plus
-    ``within_class_spread * N(0, I / dim)`` and has isotropic std ``component_std``. Components
-    of a class are equally weighted and classes equally likely.
+    Class centres are ``separation * u_c`` with ``u_c ~ N(0, I / r)`` in an ``r``-dimensional
+    subspace (``r = rank``, default ``dim``: the whole space), so ``|centre| ~ separation``; each
+    of a class's ``components_per_class`` components sits at its centre plus
+    ``within_class_spread * N(0, I / r)`` in the same subspace. A component's std is
+    ``component_std`` along the subspace and ``off_subspace_std`` across it (low-rank data when
+    ``rank < dim`` and ``off_subspace_std`` is small); the subspace is spanned by the first
+    ``rank`` columns of a random rotation. Components of a class are equally weighted and classes
+    equally likely.
     """
 
     dim: int = 16
@@ -75,42 +91,81 @@ class MixtureConfig:
     separation: float = 3.0
     component_std: float = 0.3
     within_class_spread: float = 1.0
+    rank: int | None = None
+    off_subspace_std: float = 0.02
     seed: int = 0
 
     def __post_init__(self) -> None:
         for name in ("dim", "num_classes", "components_per_class"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.component_std <= 0:
-            raise ValueError(f"component_std must be > 0, got {self.component_std}")
+        if self.component_std <= 0 or self.off_subspace_std <= 0:
+            raise ValueError(
+                f"component_std and off_subspace_std must be > 0, got {self.component_std} "
+                f"and {self.off_subspace_std}"
+            )
+        if self.rank is not None and not 1 <= self.rank <= self.dim:
+            raise ValueError(f"rank must be in [1, dim={self.dim}], got {self.rank}")
+
+    @property
+    def subspace_dim(self) -> int:
+        """``rank``, or ``dim`` when the data fill the whole space."""
+        return self.dim if self.rank is None else self.rank
 
 
 class GaussianMixtureDiffusion:
-    """Exact noise prediction for a class-conditional Gaussian mixture under SD's VP process."""
+    """Exact model outputs for a class-conditional Gaussian mixture under a VP process.
 
-    def __init__(self, config: MixtureConfig | None = None) -> None:
+    Every component is ``N(mu_k, Q diag(s^2) Q^T)`` with one rotation ``Q`` and one diagonal
+    ``s^2`` shared by all components (``Q`` is the identity for isotropic mixtures), so in the
+    rotated coordinates ``y = Q^T x`` every noisy marginal is a mixture of axis-aligned Gaussians
+    of equal covariance and the posterior is exact.
+
+    Args:
+        config: the mixture.
+        alphas_cumprod: ``abar_t`` for the training timesteps (default Stable Diffusion's,
+            :func:`sd_alphas_cumprod`); a zero-terminal-SNR schedule (``abar_{T-1} = 0``) works.
+    """
+
+    def __init__(
+        self, config: MixtureConfig | None = None, alphas_cumprod: torch.Tensor | None = None
+    ) -> None:
         self.config = config or MixtureConfig()
         cfg = self.config
         gen = torch.Generator().manual_seed(cfg.seed)
+        r = cfg.subspace_dim
         centres = cfg.separation * torch.randn(
-            cfg.num_classes, cfg.dim, generator=gen, dtype=torch.float64
+            cfg.num_classes, r, generator=gen, dtype=torch.float64
         )
-        centres = centres / math.sqrt(cfg.dim)
+        centres = centres / math.sqrt(r)
         offsets = torch.randn(
-            cfg.num_classes, cfg.components_per_class, cfg.dim, generator=gen, dtype=torch.float64
-        ) * (cfg.within_class_spread / math.sqrt(cfg.dim))
+            cfg.num_classes, cfg.components_per_class, r, generator=gen, dtype=torch.float64
+        ) * (cfg.within_class_spread / math.sqrt(r))
         if cfg.components_per_class == 1:
             offsets.zero_()
-        self.means = (centres[:, None, :] + offsets).reshape(-1, cfg.dim)
-        num_components = self.means.shape[0]
-        self.stds = torch.full((num_components,), cfg.component_std, dtype=torch.float64)
+        num_components = cfg.num_classes * cfg.components_per_class
+        sub_means = (centres[:, None, :] + offsets).reshape(num_components, r)
+        if cfg.rank is None:
+            self.rotation = torch.eye(cfg.dim, dtype=torch.float64)
+        else:
+            rotation, _ = torch.linalg.qr(
+                torch.randn(cfg.dim, cfg.dim, generator=gen, dtype=torch.float64)
+            )
+            self.rotation = rotation
+        self.rotated_means = torch.zeros(num_components, cfg.dim, dtype=torch.float64)
+        self.rotated_means[:, :r] = sub_means
+        self.means = self.rotated_means @ self.rotation.T
+        self.axis_stds = torch.full((cfg.dim,), cfg.off_subspace_std, dtype=torch.float64)
+        self.axis_stds[:r] = cfg.component_std
         self.component_class = torch.arange(cfg.num_classes).repeat_interleave(
             cfg.components_per_class
         )
         self.log_weights = torch.full(
             (num_components,), -math.log(num_components), dtype=torch.float64
         )
-        self.alphas_cumprod = sd_alphas_cumprod()
+        self.alphas_cumprod = (
+            sd_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod.to(torch.float64)
+        )
 
     @property
     def dim(self) -> int:
@@ -128,42 +183,51 @@ class GaussianMixtureDiffusion:
         pick = torch.randint(self.config.components_per_class, labels.shape, generator=generator)
         comp = labels * self.config.components_per_class + pick
         noise = torch.randn(labels.numel(), self.dim, generator=generator, dtype=torch.float64)
-        return self.means[comp] + self.stds[comp, None] * noise
+        return (self.rotated_means[comp] + self.axis_stds * noise) @ self.rotation.T
 
-    def _log_terms(self, x: torch.Tensor, abar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``log w_k N(x; sqrt(abar) mu_k, v_k I)`` for every example and component, ``(N, K)``.
-
-        Also returns the ``(N, K)`` variances ``v_k = abar s_k^2 + 1 - abar``. Squared distances
-        use ``|x|^2 - 2 sqrt(abar) x.mu_k + abar |mu_k|^2`` (matrix products, float64).
-        """
-        abar = abar.reshape(-1, 1)
-        var = abar * self.stds**2 + (1.0 - abar)
-        sq = (
-            (x**2).sum(-1, keepdim=True)
-            - 2.0 * abar.sqrt() * (x @ self.means.T)
-            + abar * (self.means**2).sum(-1)
+    def _posterior(
+        self, y: torch.Tensor, abar: torch.Tensor, labels: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log terms ``log w_k N(y; sqrt(abar) m_k, diag(v))`` ``(N, K)`` (components of other
+        classes at ``-inf`` when ``labels`` is given) and the variances
+        ``v = abar s^2 + 1 - abar`` ``(N, d)``, shared by the components. The squared distances
+        are ``sum_j (y_j^2 - 2 sqrt(abar) y_j m_kj + abar m_kj^2) / v_j`` (matrix products)."""
+        root = abar.sqrt()[:, None]
+        var = abar[:, None] * self.axis_stds**2 + (1.0 - abar)[:, None]
+        inverse = 1.0 / var
+        squared = (
+            (y * y * inverse).sum(-1, keepdim=True)
+            - 2.0 * root * ((y * inverse) @ self.rotated_means.T)
+            + abar[:, None] * (inverse @ (self.rotated_means**2).T)
         ).clamp(min=0.0)
-        log_terms = (
-            self.log_weights - 0.5 * sq / var - 0.5 * self.dim * torch.log(2 * math.pi * var)
+        log_terms = self.log_weights - 0.5 * (
+            squared + torch.log(2 * math.pi * var).sum(-1, keepdim=True)
         )
+        if labels is not None:
+            mask = self.component_class[None, :] == labels.long().reshape(-1, 1)
+            log_terms = log_terms.masked_fill(~mask, -math.inf)
         return log_terms, var
 
-    def _class_mask(self, log_terms: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Drop (set to -inf) the components that are not of each example's class."""
-        mask = self.component_class[None, :] == labels.long().reshape(-1, 1)
-        return log_terms.masked_fill(~mask, -math.inf)
+    def _predictions(
+        self, y: torch.Tensor, abar: torch.Tensor, labels: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact ``eps`` and ``x0`` predictions in rotated coordinates.
 
-    def _eps_from_terms(
-        self, x: torch.Tensor, abar: torch.Tensor, log_terms: torch.Tensor, var: torch.Tensor
-    ) -> torch.Tensor:
-        """``sqrt(1 - abar) sum_k r_k (x - sqrt(abar) mu_k) / v_k``, ``r = softmax(log_terms)``."""
-        resp = torch.exp(log_terms - torch.logsumexp(log_terms, dim=-1, keepdim=True))
-        weights = resp / var
-        abar = abar.reshape(-1, 1)
-        score_term = x * weights.sum(-1, keepdim=True) - abar.sqrt() * (weights @ self.means)
-        return (1.0 - abar).sqrt() * score_term
+        With responsibilities ``r = softmax(log_terms)`` and the posterior mean of the component
+        means ``m = sum_k r_k m_k``: ``eps = sqrt(1 - abar) (y - sqrt(abar) m) / v``
+        (``-sqrt(1 - abar) grad log p_t``, Song et al., 2021) and the posterior mean
+        ``x0 = m + sqrt(abar) s^2 (y - sqrt(abar) m) / v``; both stay finite at ``abar = 0``
+        (zero terminal SNR).
+        """
+        log_terms, var = self._posterior(y, abar, labels)
+        mean = torch.softmax(log_terms, dim=-1) @ self.rotated_means
+        scaled = (y - abar.sqrt()[:, None] * mean) / var
+        eps = (1.0 - abar).sqrt()[:, None] * scaled
+        x0 = mean + abar.sqrt()[:, None] * self.axis_stds**2 * scaled
+        return eps, x0
 
     def _flat_inputs(self, x: torch.Tensor, timestep: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(y, abar)``: rotated float64 samples ``(N, d)`` and one ``abar`` per example."""
         flat = x.reshape(x.shape[0], -1).to(torch.float64)
         if flat.shape[1] != self.dim:
             raise ValueError(
@@ -175,74 +239,124 @@ class GaussianMixtureDiffusion:
                 f"timestep must be a scalar or one per example, got {t.numel()} values"
             )
         abar = alpha_bar_at(t, self.alphas_cumprod).expand(flat.shape[0])
-        return flat, abar
+        return flat @ self.rotation, abar
 
     def log_density(
         self, x: torch.Tensor, timestep: Any, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``log p_t(x | c)``, or the unconditional ``log p_t(x)`` when ``labels`` is None."""
-        flat, abar = self._flat_inputs(x, timestep)
-        log_terms, _ = self._log_terms(flat, abar)
+        y, abar = self._flat_inputs(x, timestep)
+        log_terms, _ = self._posterior(y, abar, labels)
         if labels is not None:
             class_weight = self.config.components_per_class / self.log_weights.numel()
-            log_terms = self._class_mask(log_terms, labels) - math.log(class_weight)
+            log_terms = log_terms - math.log(class_weight)
         return torch.logsumexp(log_terms, dim=-1)
+
+    def predict(
+        self,
+        x: torch.Tensor,
+        timestep: Any,
+        labels: torch.Tensor | None = None,
+        prediction_type: str = "epsilon",
+    ) -> torch.Tensor:
+        """The exact model output of ``prediction_type`` (see :data:`PREDICTION_TYPES`).
+
+        ``"epsilon"``: the noise; ``"sample"``: the posterior mean of ``x_0``;
+        ``"v_prediction"``: ``v = sqrt(abar) eps - sqrt(1 - abar) x0`` (Salimans & Ho, 2022,
+        "Progressive Distillation", Sec. 4). ``labels=None`` gives the unconditional output.
+        """
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"unknown prediction_type {prediction_type!r}; choose one of {PREDICTION_TYPES}"
+            )
+        y, abar = self._flat_inputs(x, timestep)
+        eps, x0 = self._predictions(y, abar, labels)
+        if prediction_type == "epsilon":
+            out = eps
+        elif prediction_type == "sample":
+            out = x0
+        else:
+            out = abar.sqrt()[:, None] * eps - (1.0 - abar).sqrt()[:, None] * x0
+        return (out @ self.rotation.T).reshape(x.shape)
 
     def eps(
         self, x: torch.Tensor, timestep: Any, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Exact ``eps(x, t) = sqrt(1 - abar) sum_k r_k (x - sqrt(abar) mu_k) / v_k``.
+        """Exact ``eps(x, t) = -sqrt(1 - abar) grad log p_t(x | c)`` (Song et al., 2021), from
+        the components' posterior responsibilities (of the class, if ``labels`` is given)."""
+        return self.predict(x, timestep, labels)
 
-        ``r_k`` are the posterior responsibilities of the components (of the class, if
-        ``labels`` is given), computed with logsumexp. This is ``-sqrt(1 - abar) grad log p_t``
-        (Song et al., 2021). ``labels=None`` gives the unconditional prediction.
-        """
-        flat, abar = self._flat_inputs(x, timestep)
-        log_terms, var = self._log_terms(flat, abar)
-        if labels is not None:
-            log_terms = self._class_mask(log_terms, labels)
-        return self._eps_from_terms(flat, abar, log_terms, var).reshape(x.shape)
-
-    def guided_eps(
-        self, x: torch.Tensor, timestep: Any, labels: torch.Tensor, guidance: float
+    def guided(
+        self,
+        x: torch.Tensor,
+        timestep: Any,
+        labels: torch.Tensor,
+        guidance: float,
+        prediction_type: str = "epsilon",
     ) -> torch.Tensor:
-        """Classifier-free guidance ``eps_u + g (eps_c - eps_u)`` (Ho & Salimans, 2022, eq. 6)."""
-        flat, abar = self._flat_inputs(x, timestep)
-        log_terms, var = self._log_terms(flat, abar)
-        cond = self._eps_from_terms(flat, abar, self._class_mask(log_terms, labels), var)
+        """Classifier-free guidance ``out_u + g (out_c - out_u)`` (Ho & Salimans, 2022, eq. 6)
+        on outputs of ``prediction_type``."""
+        cond = self.predict(x, timestep, labels, prediction_type)
         if guidance == 1.0:
-            return cond.reshape(x.shape)
-        uncond = self._eps_from_terms(flat, abar, log_terms, var)
-        return (uncond + guidance * (cond - uncond)).reshape(x.shape)
+            return cond
+        uncond = self.predict(x, timestep, None, prediction_type)
+        return uncond + guidance * (cond - uncond)
 
-    def model_fn(self, labels: torch.Tensor, guidance: float) -> ModelFn:
+    def model_fn(
+        self, labels: torch.Tensor, guidance: float, prediction_type: str = "epsilon"
+    ) -> GuidedMixtureModel:
         """``model_fn(sample, timestep)`` (:data:`schedules.sampling.ModelFn`): the guided output
-        for the N examples.
+        of ``prediction_type`` for the N examples of classes ``labels``
+        (a :class:`GuidedMixtureModel`)."""
+        return GuidedMixtureModel(self, labels.long(), guidance, prediction_type)
 
-        ``sample`` is the scheduler's model input (VP space); example ``i`` is class ``labels[i]``.
-        The output has ``sample``'s shape and dtype.
-        """
-        labels = labels.long()
-
-        def fn(sample: torch.Tensor, timestep: Any) -> torch.Tensor:
-            if sample.shape[0] != labels.numel():
-                raise ValueError(
-                    f"model_fn built for {labels.numel()} examples, got {sample.shape[0]}"
-                )
-            return self.guided_eps(sample, timestep, labels, guidance).to(sample.dtype)
-
-        return fn
-
-    def iid_model_fn(self, sample: torch.Tensor, timestep: Any) -> torch.Tensor:
-        """Unconditional exact ``eps`` for samples of any shape made of i.i.d. draws.
+    def iid_model_fn(self, prediction_type: str = "epsilon") -> ModelFn:
+        """Unconditional exact outputs for samples of any shape made of i.i.d. draws.
 
         Every run of ``dim`` consecutive elements is one draw from the mixture, so
-        ``log p_t`` is a sum over draws and the score (hence ``eps``) is taken draw by draw.
+        ``log p_t`` is a sum over draws and the score (hence every output) is taken draw by draw.
         With ``dim=1`` every element is a draw: any sample shape works. The output has
         ``sample``'s shape and dtype.
         """
-        draws = sample.reshape(-1, self.dim)
-        return self.eps(draws, timestep).reshape(sample.shape).to(sample.dtype)
+
+        def fn(sample: torch.Tensor, timestep: Any) -> torch.Tensor:
+            draws = sample.reshape(-1, self.dim)
+            out = self.predict(draws, timestep, None, prediction_type)
+            return out.reshape(sample.shape).to(sample.dtype)
+
+        return fn
+
+
+@dataclass(frozen=True)
+class GuidedMixtureModel:
+    """The guided model of a :class:`GaussianMixtureDiffusion` for N examples of given classes.
+
+    Called as ``model_fn(sample, timestep)``: ``sample`` is the scheduler's model input (VP
+    space), example ``i`` is of class ``labels[i]``; the output has ``sample``'s shape and dtype.
+    :meth:`select` gives the model of a subset of the examples
+    (:class:`schedules.sampling.SelectableModel`).
+    """
+
+    mixture: GaussianMixtureDiffusion
+    labels: torch.Tensor
+    guidance: float
+    prediction_type: str = "epsilon"
+
+    def __call__(self, sample: torch.Tensor, timestep: Any) -> torch.Tensor:
+        if sample.shape[0] != self.labels.numel():
+            raise ValueError(
+                f"model_fn built for {self.labels.numel()} examples, got {sample.shape[0]}"
+            )
+        out = self.mixture.guided(
+            sample, timestep, self.labels, self.guidance, self.prediction_type
+        )
+        return out.to(sample.dtype)
+
+    def select(self, index: torch.Tensor) -> GuidedMixtureModel:
+        """The model of examples ``index``."""
+        return GuidedMixtureModel(
+            self.mixture, self.labels[index], self.guidance, self.prediction_type
+        )
 
 
 def record_trajectories(

@@ -31,15 +31,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run a teacher sampler on calibration prompts, fit OLSS schedules "
         "(arXiv:2305.14677, closed-loop by default) and write them as JSON schedule files.",
     )
-    calibrate.add_argument("--model", required=True, help="HF model id or local diffusers folder")
     calibrate.add_argument(
-        "--steps", type=int, nargs="+", default=[5, 8], help="schedule step counts (default 5 8)"
+        "--model", required=True, help="HF model id, local diffusers folder or embedded model name"
+    )
+    calibrate.add_argument(
+        "--steps",
+        type=int,
+        nargs="+",
+        help="schedule step counts (default: schedules.calibration.DEFAULT_STEPS, 4 5 6 8)",
     )
     calibrate.add_argument("--prompts", type=Path, help="prompt file, one per line")
-    calibrate.add_argument("--teacher", default="ddim:100", help="teacher sampler, name:T")
-    calibrate.add_argument("--guidance", type=float, default=7.5, help="CFG scale")
+    calibrate.add_argument(
+        "--teacher",
+        help="teacher sampler, name:T (default: schedules.teachers.DEFAULT_TEACHER, the "
+        "measured choice in docs/BENCHMARKS.md)",
+    )
+    calibrate.add_argument(
+        "--guidance",
+        type=float,
+        nargs="+",
+        help="CFG scale, or a grid of them that shares one path per step count and serves any "
+        "scale in between (default: schedules.calibration.DEFAULT_GUIDANCE_GRID)",
+    )
     calibrate.add_argument("--num-prompts", type=int, help="use the first N prompts")
-    calibrate.add_argument("--num-validation", type=int, default=8, help="held-out prompts")
+    calibrate.add_argument(
+        "--num-validation",
+        type=int,
+        help="held-out prompts, run at every guidance scale (default: "
+        "schedules.calibration.DEFAULT_NUM_VALIDATION)",
+    )
     calibrate.add_argument("--seed", type=int, default=0)
     calibrate.add_argument("--batch-size", type=int, default=8)
     calibrate.add_argument(
@@ -48,7 +68,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     calibrate.add_argument("--height", type=int, help="image height (default: model's native)")
     calibrate.add_argument("--width", type=int, help="image width (default: model's native)")
     calibrate.add_argument(
-        "--max-paths", type=int, default=16, help="closed-loop path fits per schedule (default 16)"
+        "--max-evaluations",
+        type=int,
+        help="model evaluations (one guided output for one example) for the closed-loop path "
+        "searches, all step counts together (default: "
+        "schedules.calibration.DEFAULT_MAX_EVALUATIONS)",
+    )
+    calibrate.add_argument(
+        "--search-examples",
+        type=int,
+        help="calibration examples the path search runs on (default: "
+        "schedules.calibration.DEFAULT_SEARCH_EXAMPLES)",
     )
     calibrate.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     calibrate.add_argument(
@@ -79,13 +109,17 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
     from schedules.calibration import CalibrationConfig, calibrate, load_prompts
     from schedules.registry import ScheduleRegistry
+    from workers.embedded_model import resolve_model
 
     prompts = load_prompts(args.prompts)
     if args.num_prompts is not None:
-        if args.num_prompts <= args.num_validation:
+        held_out = args.num_validation
+        if held_out is None:
+            held_out = CalibrationConfig.num_validation
+        if args.num_prompts <= held_out:
             print(
-                f"error: --num-prompts {args.num_prompts} must exceed --num-validation "
-                f"{args.num_validation}",
+                f"error: --num-prompts {args.num_prompts} must exceed the {held_out} held-out "
+                "prompts (--num-validation)",
                 file=sys.stderr,
             )
             return 2
@@ -93,46 +127,59 @@ def run_calibrate(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     pipe = StableDiffusionPipeline.from_pretrained(
-        args.model, dtype=dtype, safety_checker=None, requires_safety_checker=False
+        resolve_model(args.model), dtype=dtype, safety_checker=None, requires_safety_checker=False
     ).to(device)
     out = args.out or load_settings().writable_schedule_dir
+    given = {
+        "num_steps": args.steps,
+        "teacher": args.teacher,
+        "guidance_scale": args.guidance,
+        "num_validation": args.num_validation,
+        "max_evaluations": args.max_evaluations,
+        "search_examples": args.search_examples,
+    }
     config = CalibrationConfig(
-        num_steps=args.steps,
-        teacher=args.teacher,
-        guidance_scale=args.guidance,
         seed=args.seed,
-        num_validation=args.num_validation,
         height=args.height,
         width=args.width,
         batch_size=args.batch_size,
         method=args.method,
-        max_paths=args.max_paths,
+        **{name: value for name, value in given.items() if value is not None},
     )
-    schedules = calibrate(pipe, prompts, config, model_id=args.model)
+    lines: list[str] = []
+    schedules = calibrate(pipe, prompts, config, model_id=args.model, log=lines.append)
     registry = ScheduleRegistry(out)
     paths = [registry.put(schedule) for schedule in schedules]
     print(summary_table(schedules))
+    print(next(line for line in reversed(lines) if line.startswith("calibration:")))
     for path in paths:
         print(f"wrote {path}")
     return 0
 
 
 def summary_table(schedules: list[Schedule]) -> str:
-    """One row per schedule: steps, method, final fit error, held-out errors and the winner."""
-    header = ["name", "steps", "method", "fit err", "held-out olss", "peers", "best"]
+    """One row per schedule: steps, guidance, final fit error, held-out errors (OLSS's also per
+    example: 95th percentile and worst condition), the winner and the search's evaluations."""
+    header = ["name", "steps", "cfg", "fit err", "held-out olss", "p95 / worst", "peers", "best"]
+    header.append("evals")
     rows = [header]
     for s in schedules:
         h = s.fit_report.heldout
         peers = ", ".join(f"{n} {e:.3g}" for n, e in h.peer_errors.items()) if h else "-"
+        stats = h.olss_stats if h else None
+        tail = f"{stats.p95:.3g} / {stats.worst_condition_error:.3g}" if stats else "-"
+        cost = s.fit_report.cost
         rows.append(
             [
                 s.name,
                 str(s.num_steps),
-                s.method,
+                f"{s.guidance_scale:g}",
                 f"{s.fit_report.final_error:.3g}",
                 f"{h.olss_error:.3g}" if h else "-",
+                tail,
                 peers,
                 h.best if h else "-",
+                str(cost.evaluations) if cost else "-",
             ]
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

@@ -1,18 +1,26 @@
 """Calibrate OLSS schedules for a Stable Diffusion pipeline, end to end.
 
-1. Run the teacher (default DDIM, T=100; Duan et al., arXiv:2305.14677, Sec. 4) through the real
-   pipeline with a :class:`~schedules.trajectory.TrajectoryRecorder` as ``pipe.scheduler``.
-2. Fit each requested step count with :func:`schedules.olss_search.search`, using the pipeline's own
-   UNet and classifier-free guidance as ``model_fn``.
-3. Validate on held-out prompts against the teacher and against DPM-Solver++(2M) and UniPC at the
-   same step count (:mod:`schedules.heldout`).
+1. Run the teacher (default DPM-Solver++(3M), T=250, down to t = 0; :mod:`schedules.teachers`)
+   through the real pipeline with a :class:`~schedules.trajectory.TrajectoryRecorder` as
+   ``pipe.scheduler``, at every guidance scale of the grid: the calibration prompts are shared
+   out over the grid (round-robin), the held-out prompts run at every scale.
+2. Fit every (step count, guidance scale) on one path per step count with
+   :func:`schedules.olss_search.search_guidance_grid`, using the pipeline's own UNet and
+   classifier-free guidance as ``model_fn`` (:class:`GuidedModel`), within a budget of model
+   evaluations.
+3. Validate each schedule on the held-out prompts against the teacher and against
+   DPM-Solver++(2M) and UniPC at the same step count (:mod:`schedules.heldout`).
+
+Every model evaluation (one guided output for one example) is counted: the teacher runs, the
+search and the held-out runs; each schedule's ``fit_report.cost`` has the totals.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,13 +29,25 @@ import torch
 from diffusers import SchedulerMixin
 from tqdm.auto import tqdm
 
-from schedules.gram import gram_matrix
+from schedules.closed_loop import EvaluationBudget, FitGroup
 from schedules.heldout import heldout_report
-from schedules.olss_search import search
+from schedules.olss_search import search, search_guidance_grid
 from schedules.registry import model_key
-from schedules.schedule_file import Method, Schedule
-from schedules.teachers import DEFAULT_TEACHER, parse_teacher
+from schedules.schedule_file import FitCost, Method, Schedule
+from schedules.teachers import DEFAULT_TEACHER, Teacher, parse_teacher
 from schedules.trajectory import Trajectories, TrajectoryRecorder
+
+DEFAULT_STEPS = (4, 5, 6, 8)
+DEFAULT_GUIDANCE_GRID = (1.0, 2.0, 4.0, 7.5, 15.0)
+"""Guidance scales a calibration fits by default; any scale in between is served by blending
+neighbours (:mod:`schedules.guidance_blend`)."""
+DEFAULT_NUM_VALIDATION = 4
+"""Held-out prompts, each run at every guidance scale of the grid (for the held-out reports)."""
+DEFAULT_MAX_EVALUATIONS = 12_000
+"""Model evaluations for the path searches and refinements of all step counts together."""
+DEFAULT_SEARCH_EXAMPLES = 24
+"""Calibration examples per guidance scale the path search runs on (the chosen path is then
+fitted on all of them)."""
 
 
 def default_prompts() -> list[str]:
@@ -56,7 +76,9 @@ class GuidedModel:
 
     For the examples' stored prompt embeddings (in recorded order), it runs the UNet on
     ``cat([x, x])`` with ``cat([uncond, cond])`` embeddings and returns
-    ``eps_u + g (eps_c - eps_u)``, in chunks of ``batch_size`` examples, as float32 on CPU.
+    ``out_u + g (out_c - out_u)`` (``out_c`` alone without ``uncond``), in chunks of
+    ``batch_size`` examples, as float32 on CPU. It counts its evaluations (examples run) and
+    gives the model of a subset of its examples (:meth:`select`).
     """
 
     def __init__(
@@ -72,6 +94,15 @@ class GuidedModel:
         self.uncond = uncond
         self.guidance_scale = guidance_scale
         self.batch_size = batch_size
+        self.evaluations = 0
+
+    def select(self, index: torch.Tensor) -> GuidedModel:
+        """The model of examples ``index`` (a fresh evaluation count)."""
+        index = index.to(self.cond.device)
+        uncond = None if self.uncond is None else self.uncond[index]
+        return GuidedModel(
+            self.pipe, self.cond[index], uncond, self.guidance_scale, self.batch_size
+        )
 
     @torch.no_grad()
     def __call__(self, sample: torch.Tensor, timestep: Any) -> torch.Tensor:
@@ -93,14 +124,14 @@ class GuidedModel:
                 eps_uncond, eps_cond = both.chunk(2)
                 eps = eps_uncond + self.guidance_scale * (eps_cond - eps_uncond)
             outputs.append(eps.to("cpu", torch.float32))
+        self.evaluations += sample.shape[0]
         return torch.cat(outputs)
 
 
 def record_teacher(
     pipe: Any,
     prompts: Sequence[str],
-    teacher: Any,
-    teacher_steps: int,
+    teacher: Teacher,
     guidance_scale: float,
     seed: int,
     height: int,
@@ -113,9 +144,10 @@ def record_teacher(
     """Run the teacher through ``pipe`` for every prompt; return trajectories and ``model_fn``.
 
     Example n starts from ``randn(seed + n)`` (a CPU generator), so its noise does not depend on
-    the batching. The pipeline's scheduler is restored afterwards.
+    the batching. Each example's condition is its prompt. The pipeline's scheduler is restored
+    afterwards.
     """
-    recorder = TrajectoryRecorder(teacher)
+    recorder = TrajectoryRecorder(teacher.scheduler)
     original = pipe.scheduler
     device = pipe._execution_device
     cfg = guidance_scale > 1.0
@@ -140,12 +172,12 @@ def record_teacher(
             pipe(
                 prompt_embeds=cond,
                 negative_prompt_embeds=uncond if cfg else None,
-                num_inference_steps=teacher_steps,
                 guidance_scale=guidance_scale,
                 height=height,
                 width=width,
                 latents=noise.to(device, cond.dtype),
                 output_type="latent",
+                **teacher.run_kwargs(),
             )
             conds.append(cond)
             unconds.append(uncond)
@@ -158,7 +190,10 @@ def record_teacher(
         guidance_scale,
         batch_size,
     )
-    return recorder.trajectories(), model_fn
+    traj = recorder.trajectories().with_metadata(
+        conditions=tuple(prompts), guidance_scale=float(guidance_scale)
+    )
+    return traj, model_fn
 
 
 @dataclass(frozen=True)
@@ -168,34 +203,66 @@ class CalibrationConfig:
     Args:
         num_steps: one or more schedule lengths k.
         teacher: ``"name:T"`` (see :mod:`schedules.teachers`) or a diffusers scheduler instance.
-        guidance_scale: classifier-free guidance scale (schedules are fitted per scale).
+        guidance_scale: one classifier-free guidance scale or a grid of them
+            (:data:`DEFAULT_GUIDANCE_GRID`); a grid shares one path per step count and its
+            calibration prompts round-robin, so it costs about what one scale does.
         seed: example n starts from ``randn(seed + n)``; held-out examples continue the count.
-        num_validation: held-out prompts (0 skips validation).
+        num_validation: held-out prompts, run at every guidance scale (0 skips validation).
         height, width: image size in pixels (default: the UNet's native size).
         negative_prompt: the unconditional prompt.
         batch_size: examples per pipeline / UNet call.
         method: a :class:`~schedules.schedule_file.Method` or its value (default closed-loop).
         teacher_steps: T when ``teacher`` is a scheduler instance.
-        max_paths: closed-loop fits allowed per schedule (see :func:`schedules.olss_search.search`).
+        max_evaluations: model evaluations the closed-loop path searches and refinements of all
+            step counts may spend together (``None``: no limit); the teacher and held-out runs
+            come on top.
+        search_examples: calibration examples per guidance scale the path search runs on.
+        validation_fraction: share of each guidance scale's calibration examples held out of the
+            fit to check each schedule (and to keep the error from rising with the step count).
     """
 
-    num_steps: int | Sequence[int] = (5, 8)
+    num_steps: int | Sequence[int] = DEFAULT_STEPS
     teacher: str | SchedulerMixin = DEFAULT_TEACHER
-    guidance_scale: float = 7.5
+    guidance_scale: float | Sequence[float] = DEFAULT_GUIDANCE_GRID
     seed: int = 0
-    num_validation: int = 8
+    num_validation: int = DEFAULT_NUM_VALIDATION
     height: int | None = None
     width: int | None = None
     negative_prompt: str = ""
     batch_size: int = 8
     method: Method | str = Method.CLOSED_LOOP
     teacher_steps: int | None = None
-    max_paths: int = 16
+    max_evaluations: int | None = DEFAULT_MAX_EVALUATIONS
+    search_examples: int | None = DEFAULT_SEARCH_EXAMPLES
+    validation_fraction: float = 0.25
 
     @property
     def step_counts(self) -> list[int]:
         """``num_steps`` as a list."""
         return [self.num_steps] if isinstance(self.num_steps, int) else list(self.num_steps)
+
+    @property
+    def guidance_scales(self) -> list[float]:
+        """``guidance_scale`` as a sorted list of distinct scales."""
+        scales = (
+            [self.guidance_scale]
+            if isinstance(self.guidance_scale, (int, float))
+            else self.guidance_scale
+        )
+        return sorted({float(g) for g in scales})
+
+
+@dataclass
+class _Counter:
+    """Model evaluations of a calibration run, by part."""
+
+    teacher: int = 0
+    search: int = 0
+    heldout: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.teacher + self.search + self.heldout
 
 
 def calibrate(
@@ -207,22 +274,30 @@ def calibrate(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> list[Schedule]:
-    """Fit OLSS schedules for ``pipe`` at each step count in ``config.num_steps``.
+    """Fit OLSS schedules for ``pipe`` at each step count and guidance scale of ``config``.
 
     Args:
         pipe: a diffusers ``StableDiffusionPipeline`` (any device and dtype).
         prompts: calibration prompts (default :func:`default_prompts`); the last
-            ``config.num_validation`` are held out for validation, the rest are fitted.
-        config: step counts, teacher, guidance, seed and the other settings.
+            ``config.num_validation`` are held out for validation, the rest are fitted, shared
+            out over the guidance scales.
+        config: step counts, teacher, guidance grid, seed, budget and the other settings.
         model_id: registry key source (default ``pipe.name_or_path``), see
             :func:`schedules.registry.model_key`.
         progress: show tqdm progress bars.
-        log: receives one line per closed-loop candidate (e.g. ``print``).
+        log: receives one line per closed-loop candidate (e.g. ``print``) and the cost.
+
+    Returns the schedules by step count, then guidance scale. Each ``fit_report.cost`` has its
+    own search cost and the whole run's evaluations and seconds (teacher, search, held-out).
     """
+    started = time.perf_counter()
     prompts = list(prompts) if prompts is not None else default_prompts()
     steps = config.step_counts
+    scales = config.guidance_scales
     if not steps:
         raise ValueError("num_steps must name at least one step count")
+    if not scales:
+        raise ValueError("guidance_scale must name at least one guidance scale")
     num_validation = config.num_validation
     if not 0 <= num_validation < len(prompts):
         raise ValueError(
@@ -230,51 +305,103 @@ def calibrate(
         )
     fit_prompts = prompts[: len(prompts) - num_validation]
     heldout_prompts = prompts[len(prompts) - num_validation :]
+    if len(fit_prompts) < len(scales):
+        raise ValueError(
+            f"{len(fit_prompts)} calibration prompts cannot cover {len(scales)} guidance scales; "
+            "pass more prompts or fewer scales"
+        )
     native = pipe.unet.config.sample_size * pipe.vae_scale_factor
     height, width = config.height or native, config.width or native
-    teacher_scheduler, T = parse_teacher(
-        config.teacher, dict(pipe.scheduler.config), config.teacher_steps
-    )
+    teacher = parse_teacher(config.teacher, dict(pipe.scheduler.config), config.teacher_steps)
     pipe.set_progress_bar_config(disable=True)
     key = model_key(model_id or getattr(pipe, "name_or_path", None) or "unknown")
     common = dict(
-        teacher=teacher_scheduler,
-        teacher_steps=T,
-        guidance_scale=config.guidance_scale,
+        teacher=teacher,
         height=height,
         width=width,
         negative_prompt=config.negative_prompt,
         batch_size=config.batch_size,
         progress=progress,
     )
-    seed = config.seed
-    traj, model_fn = record_teacher(pipe, fit_prompts, seed=seed, description="teacher", **common)
-    metadata = dict(
-        model_id=key, guidance_scale=float(config.guidance_scale), resolution=(height, width)
-    )
-    traj = traj.with_metadata(**metadata)
-    heldout = None
-    if heldout_prompts:
-        heldout = record_teacher(
+    count = _Counter()
+    groups, heldouts = [], []
+    for g, scale in enumerate(scales):
+        mine = list(range(g, len(fit_prompts), len(scales)))
+        traj, model_fn = record_teacher(
             pipe,
-            heldout_prompts,
-            seed=seed + len(fit_prompts),
-            description="held-out teacher",
+            [fit_prompts[n] for n in mine],
+            guidance_scale=scale,
+            seed=config.seed + g * len(fit_prompts),
+            description=f"teacher cfg{scale:g}",
             **common,
         )
-    gram = gram_matrix(traj)
-    schedules = []
-    for k in tqdm(steps, desc="fit", disable=not progress):
-        schedule = search(
-            traj,
-            k,
-            model_fn=model_fn,
-            method=config.method,
-            gram=gram,
-            max_paths=config.max_paths,
+        groups.append(FitGroup(_keyed(traj, key, height, width), model_fn))
+        count.teacher += traj.num_examples * teacher.num_steps
+        if heldout_prompts:
+            held, held_fn = record_teacher(
+                pipe,
+                heldout_prompts,
+                guidance_scale=scale,
+                seed=config.seed + len(scales) * len(fit_prompts),
+                description=f"held-out teacher cfg{scale:g}",
+                **common,
+            )
+            heldouts.append((held, held_fn))
+            count.teacher += held.num_examples * teacher.num_steps
+    schedules = _fit(groups, steps, config, log, progress)
+    count.search = sum(
+        s.fit_report.cost.evaluations
+        for s in schedules[:: len(groups)]
+        if s.fit_report.cost is not None
+    )
+    validated = []
+    for i, schedule in enumerate(schedules):
+        if heldouts:
+            held, held_fn = heldouts[i % len(groups)]
+            before = held_fn.evaluations
+            schedule = schedule.with_heldout(heldout_report(schedule, held, held_fn))
+            count.heldout += held_fn.evaluations - before
+        validated.append(schedule)
+    seconds = time.perf_counter() - started
+    if log is not None:
+        log(
+            f"calibration: {count.total} model evaluations (teacher {count.teacher}, search "
+            f"{count.search}, held-out {count.heldout}) in {seconds:.0f} s"
+        )
+    return [_with_totals(s, count.total, seconds) for s in validated]
+
+
+def _keyed(traj: Trajectories, key: str, height: int, width: int) -> Trajectories:
+    return traj.with_metadata(model_id=key, resolution=(height, width))
+
+
+def _fit(
+    groups: list[FitGroup],
+    steps: list[int],
+    config: CalibrationConfig,
+    log: Callable[[str], None] | None,
+    progress: bool,
+) -> list[Schedule]:
+    """Schedules by step count, then group: one closed-loop search over the grid, or each
+    (k, scale) on its own for the teacher-forced methods."""
+    if Method(config.method) is Method.CLOSED_LOOP:
+        return search_guidance_grid(
+            groups,
+            steps,
+            budget=EvaluationBudget(max_evaluations=config.max_evaluations),
+            search_examples=config.search_examples,
+            validation_fraction=config.validation_fraction,
             progress=log,
         )
-        if heldout is not None:
-            schedule = schedule.with_heldout(heldout_report(schedule, *heldout))
-        schedules.append(schedule)
-    return schedules
+    return [
+        search(group.traj, k, method=config.method)
+        for k in tqdm(steps, desc="fit", disable=not progress)
+        for group in groups
+    ]
+
+
+def _with_totals(schedule: Schedule, evaluations: int, seconds: float) -> Schedule:
+    """``schedule`` whose cost also states the whole calibration run's."""
+    cost = schedule.fit_report.cost or FitCost(evaluations=0, seconds=0.0)
+    total = replace(cost, calibration_evaluations=evaluations, calibration_seconds=seconds)
+    return schedule.with_report(cost=total)

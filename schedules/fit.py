@@ -1,4 +1,4 @@
-"""Fit OLSS coefficients on a given path: teacher-forced (the paper) and closed-loop.
+"""Fit OLSS coefficients on a given path: the paper's teacher-forced fit, and the solver.
 
 A path ``p_0 = 0 < p_1 < ... < p_{k-1} < T`` picks k teacher steps. Step i of the schedule
 evaluates the model at ``t_{p_i}`` and forms (Duan et al., arXiv:2305.14677, Eq. 7)
@@ -7,9 +7,8 @@ evaluates the model at ``t_{p_i}`` and forms (Duan et al., arXiv:2305.14677, Eq.
 
 targeting the teacher sample ``x_{p_{i+1}}`` (``p_k = T``: the last step targets the final
 sample). The paper fits ``w_i`` with the teacher's own outputs ``e_{p_j}`` (teacher forcing,
-Eq. 8). The closed-loop fit instead runs the schedule as it will be used: after fitting step i it
-evaluates the model on the fitted samples ``x_{i+1}`` and fits step i+1 on *those* outputs, so
-later steps learn to correct the errors of earlier ones.
+Eq. 8). The closed-loop fit (:mod:`schedules.closed_loop`) instead runs the schedule as it will
+be used, fitting step i+1 on the model outputs at the fitted samples ``x_{i+1}``.
 
 Path *search* scores thousands of candidate fits from the Gram matrix (:mod:`schedules.gram`).
 The chosen path's coefficients are then solved on the data itself (QR, then an SVD of R with a
@@ -27,7 +26,6 @@ import numpy as np
 import torch
 
 from schedules.gram import DEFAULT_MAX_COEF
-from schedules.sampling import ModelFn
 from schedules.trajectory import Trajectories
 
 CONDITION_CAP = 1e300
@@ -149,41 +147,24 @@ def teacher_forced_fit(
     return fit_teacher_forced(path, traj.num_steps, solve)
 
 
-def closed_loop_fit(
-    traj: Trajectories,
-    path: Sequence[int],
-    model_fn: ModelFn,
-    rcond: float = DEFAULT_SVD_RCOND,
-    max_coef: float = DEFAULT_MAX_COEF,
-) -> PathFit:
-    """Fit step by step on the schedule's own samples (k-1 extra ``model_fn`` calls on N examples).
+def with_idle_steps(fit: PathFit, num_steps: int, num_teacher_steps: int) -> PathFit:
+    """``fit`` grown to ``num_steps`` steps that sample exactly as it does.
 
-    Step 0's output is the teacher's ``e_0`` (same input ``x_0``). Stops early and returns an
-    invalid fit when a step needs non-finite or exploding coefficients.
+    Each added step goes in the middle of the widest gap of the path (the gap after the last
+    step ends at T): the step before it hands on the same sample ``x_{i+1}`` (the model is then
+    evaluated on it at the new timestep), and every later step gives the new output weight 0.
+    The report's errors of an idle step repeat those of the step after it.
     """
-    T = traj.num_steps
-    path = check_path(path, T)
-    targets = [*path[1:], T]
-    shape = traj.samples.shape[1:]
-    basis = [
-        traj.samples[0].reshape(-1).to(torch.float64),
-        traj.outputs[0].reshape(-1).to(torch.float64),
-    ]
-    coefficients, errors, conditions = [], [], []
-    for i in range(len(path)):
-        A = torch.stack(basis)
-        step = solve_columns(A, traj.samples[targets[i]], rcond=rcond, max_coef=max_coef)
-        coefficients.append(step.weights)
-        errors.append(step.relative_error)
-        conditions.append(step.condition_number)
-        if not step.valid:
-            return PathFit(path, coefficients, errors, conditions, valid=False)
-        if i == len(path) - 1:
-            break
-        x_next = (torch.from_numpy(step.weights) @ A).reshape(shape)
-        output = model_fn(x_next.to(traj.samples.dtype), traj.timestep(path[i + 1]))
-        output = torch.as_tensor(output).detach().to("cpu", torch.float64).reshape(-1)
-        if not torch.isfinite(output).all():
-            return PathFit(path, coefficients, errors, conditions, valid=False)
-        basis.append(output)
-    return PathFit(path, coefficients, errors, conditions, valid=True)
+    path, rows = list(fit.path), [np.asarray(row, dtype=np.float64) for row in fit.coefficients]
+    errors, conditions = list(fit.step_errors), list(fit.condition_numbers)
+    while len(path) < num_steps:
+        ends = [*path, num_teacher_steps]
+        width, i = max((ends[j + 1] - ends[j], j) for j in range(len(path)))
+        if width < 2:
+            raise ValueError(f"cannot add a step to path {path} of {num_teacher_steps} steps")
+        path.insert(i + 1, ends[i] + width // 2)
+        after = [np.insert(row, i + 2, 0.0) for row in rows[i:]]
+        rows = [*rows[: i + 1], *after]
+        errors.insert(i, errors[i])
+        conditions.insert(i, conditions[i])
+    return PathFit(path, rows, errors, conditions, fit.valid)

@@ -2,7 +2,8 @@
 
 On examples the fit did not see, every sampler starts from the teacher's initial noise and runs
 the standard diffusers loop (:func:`schedules.sampling.run_sampler`); its final sample is
-compared with the teacher's by the relative RMS error ``||x - x_T|| / ||x_T||``. Peers
+compared with the teacher's by the relative RMS error ``||x - x_T|| / ||x_T||`` over all
+examples, and OLSS's also example by example (mean, 95th percentile, worst condition). Peers
 (:data:`olss_core.samplers.PEERS`) are DPM-Solver++(2M) (Lu et al., arXiv:2211.01095) and UniPC
 (Zhao et al., arXiv:2302.04867), built from the teacher's config.
 """
@@ -15,14 +16,19 @@ from collections.abc import Mapping
 import torch
 
 from olss_core.samplers import PEERS
+from schedules.error_stats import ERROR_CAP, error_stats
 from schedules.samplers import build_sampler
 from schedules.sampling import ModelFn, run_sampler
 from schedules.schedule_file import HeldoutReport, Schedule
 from schedules.scheduler import OLSSScheduler
 from schedules.trajectory import Trajectories
 
-ERROR_CAP = 1e300
-"""A diverged sampler's error (JSON has no infinity)."""
+
+def example_errors(sample: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Per example, ``||x_n - x_ref,n|| / ||x_ref,n||`` in float64."""
+    sample = sample.detach().to("cpu", torch.float64).reshape(len(sample), -1)
+    reference = reference.detach().to("cpu", torch.float64).reshape(len(reference), -1)
+    return (sample - reference).norm(dim=1) / reference.norm(dim=1).clamp_min(1e-300)
 
 
 def relative_error(sample: torch.Tensor, reference: torch.Tensor) -> float:
@@ -54,6 +60,7 @@ def heldout_report(
     target = traj.samples[-1]
     olss = run_sampler(OLSSScheduler.from_schedule(schedule), model_fn, noise, k)
     errors = {"olss": relative_error(olss, target)}
+    stats = error_stats(example_errors(olss, target).numpy(), traj.condition_labels())
     for name, sampler in peers.items():
         peer = build_sampler(sampler, schedule.teacher.config)
         errors[name] = relative_error(run_sampler(peer, model_fn, noise, k), target)
@@ -75,4 +82,5 @@ def heldout_report(
         peer_errors=errors,
         best=best,
         note=note,
+        olss_stats=stats,
     )

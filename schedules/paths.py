@@ -2,13 +2,12 @@
 
 A path ``p_0 = 0 < p_1 < ... < p_{k-1} < T`` picks teacher steps (Duan et al., arXiv:2305.14677,
 Sec. 3.3); step i of the schedule runs the model at ``t_{p_i}``. This module builds fixed
-spacings (uniform, power), repairs and pads paths, proposes local moves, and lists the named
-candidates the closed-loop search (:mod:`schedules.closed_loop_search`) fits.
+spacings (uniform, power), repairs and pads paths, and lists the named candidates the
+closed-loop search (:mod:`schedules.closed_loop_search`) fits.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -64,22 +63,6 @@ def pad_path(path: list[int], num_teacher_steps: int, num_steps: int) -> list[in
             raise ValueError(f"cannot pad path {path} to {num_steps} steps")
         path.insert(i + 1, ends[i] + width // 2)
     return path
-
-
-def local_moves(path: list[int], num_teacher_steps: int) -> list[list[int]]:
-    """Paths that move one interior step about a third of the way to a neighbour."""
-    ends = [*path, num_teacher_steps]
-    moves = []
-    for i in range(1, len(path)):
-        for neighbour in (ends[i - 1], ends[i + 1]):
-            shift = round((neighbour - path[i]) / 3)
-            if shift == 0:
-                continue
-            moved = list(path)
-            moved[i] += shift
-            if all(b > a for a, b in itertools.pairwise(moved)) and moved[-1] < num_teacher_steps:
-                moves.append(moved)
-    return moves
 
 
 def candidate_paths(

@@ -10,7 +10,7 @@ the N examples, so every scheduler, OLSS included, runs on the same model.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -19,6 +19,18 @@ ModelFn = Callable[[torch.Tensor, Any], Any]
 
 ``timestep`` is a Python number (:func:`timestep_number`); the output is anything
 ``torch.as_tensor`` takes, of the sample's shape."""
+
+
+@runtime_checkable
+class SelectableModel(Protocol):
+    """A :data:`ModelFn` that can also give the model for a subset of its examples (so a search
+    can run on fewer examples than were recorded)."""
+
+    def __call__(self, sample: torch.Tensor, timestep: Any) -> Any: ...
+
+    def select(self, index: torch.Tensor) -> ModelFn:
+        """The model for examples ``index`` (in that order)."""
+        ...
 
 
 def timestep_number(timestep: Any) -> int | float:

@@ -37,6 +37,15 @@ from pydantic import (
 from pydantic.dataclasses import dataclass
 
 FORMAT_VERSION = 1
+MAX_COEFFICIENT = 1e6
+"""Largest coefficient magnitude a schedule file may hold: 100 times the search's ``max_coef``
+(:data:`schedules.gram.DEFAULT_MAX_COEF`), room for a teacher-forced fit kept with a warning."""
+MAX_NESTING = 32
+"""Deepest JSON nesting a schedule file may have (a valid one has about 6 levels)."""
+DEFAULT_NUM_TRAIN_TIMESTEPS = 1000
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow_prediction")
+"""diffusers' ``prediction_type`` values: what the network outputs. OLSS is linear in the model
+output whatever it is, so a schedule fits any of them, but only the one it was fitted on."""
 
 
 class Method(StrEnum):
@@ -91,8 +100,11 @@ def _file_errors(cls: type[_T]) -> type[_T]:
 
 PositiveInt = Annotated[int, Strict(), Field(gt=0)]
 FiniteFloat = Annotated[float, Strict(), Field(allow_inf_nan=False)]
-NonNegativeFloat = Annotated[float, Strict(), Field(ge=0)]
-"""A number >= 0: NaN fails, infinity passes (an error or a condition number may be inf)."""
+FiniteError = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
+"""An error or a condition number: finite and >= 0 (diverged samplers are capped, not inf)."""
+Coefficient = Annotated[
+    float, Strict(), Field(ge=-MAX_COEFFICIENT, le=MAX_COEFFICIENT, allow_inf_nan=False)
+]
 Timestep = StrictInt | FiniteFloat
 """Integral timesteps stay ints (DDIM), others floats (Karras sigmas)."""
 _EXACT = ConfigDict(extra="forbid")
@@ -113,6 +125,61 @@ class TeacherInfo:
     config: dict[str, Any]
     num_steps: PositiveInt
 
+    @field_validator("config")
+    @classmethod
+    def _integer_training_horizon(cls, config: dict[str, Any]) -> dict[str, Any]:
+        horizon = config.get("num_train_timesteps", DEFAULT_NUM_TRAIN_TIMESTEPS)
+        if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+            raise ValueError(f"num_train_timesteps must be a positive integer, got {horizon!r}")
+        return config
+
+    @property
+    def num_train_timesteps(self) -> int:
+        """The model's number of training timesteps (default 1000)."""
+        return int(self.config.get("num_train_timesteps", DEFAULT_NUM_TRAIN_TIMESTEPS))
+
+
+@_file_errors
+@dataclass(frozen=True, config=_EXACT)
+class ErrorStats:
+    """Per-example final errors of a set of examples, beyond their mean.
+
+    Args:
+        num_examples: how many examples.
+        mean: mean over examples of ``||x - x_T|| / ||x_T||``.
+        p95: its 95th percentile.
+        max: the largest.
+        worst_condition: the condition (prompt or class) with the highest mean error.
+        worst_condition_error: that condition's mean error.
+    """
+
+    num_examples: PositiveInt
+    mean: FiniteError
+    p95: FiniteError
+    max: FiniteError
+    worst_condition: StrictStr
+    worst_condition_error: FiniteError
+
+
+@_file_errors
+@dataclass(frozen=True, config=_EXACT)
+class FitCost:
+    """What fitting a schedule cost (for a guidance grid: the whole grid at this step count).
+
+    Args:
+        evaluations: model evaluations, one guided output for one example (the path search, the
+            refinement and the final fit; not the teacher runs).
+        seconds: wall time of the search and the fit.
+        calibration_evaluations: the whole calibration run's evaluations (every step count and
+            guidance scale, teacher and held-out runs included), when calibrated end to end.
+        calibration_seconds: that run's wall time.
+    """
+
+    evaluations: Annotated[int, Strict(), Field(ge=0)]
+    seconds: FiniteError
+    calibration_evaluations: Annotated[int, Strict(), Field(ge=0)] | None = None
+    calibration_seconds: FiniteError | None = None
+
 
 @_file_errors
 @dataclass(frozen=True, config=_EXACT)
@@ -126,13 +193,29 @@ class HeldoutReport:
             (e.g. ``"dpmsolver++(2M)"``, ``"unipc"``).
         best: name of the method with the lowest error (``"olss"`` or a peer name).
         note: plain-language verdict, saying so when OLSS is not the best.
+        olss_stats: OLSS's per-example errors: mean, 95th percentile, worst condition.
     """
 
     num_examples: StrictInt
-    olss_error: NonNegativeFloat
-    peer_errors: dict[str, NonNegativeFloat]
+    olss_error: FiniteError
+    peer_errors: dict[str, FiniteError]
     best: StrictStr
     note: StrictStr
+    olss_stats: ErrorStats | None = None
+
+    @property
+    def best_peer(self) -> tuple[str, float] | None:
+        """The peer with the lowest held-out error and that error (``None`` without peers)."""
+        if not self.peer_errors:
+            return None
+        name = min(self.peer_errors, key=self.peer_errors.__getitem__)
+        return name, self.peer_errors[name]
+
+    @property
+    def worse_than_best_peer(self) -> bool:
+        """Whether some peer's held-out error is lower than OLSS's."""
+        best = self.best_peer
+        return best is not None and best[1] < self.olss_error
 
 
 @_file_errors
@@ -148,7 +231,7 @@ class Candidate:
 
     name: StrictStr
     path: list[StrictInt]
-    error: FiniteFloat | None
+    error: FiniteError | None
 
 
 @_file_errors
@@ -164,14 +247,23 @@ class FitReport:
         heldout: error on held-out examples vs the teacher and peer samplers, if validated.
         candidates: for closed-loop search, every path tried with its final closed-loop error.
         warnings: plain-language problems with the fit (e.g. very large coefficients).
+        fit_stats: final errors of the fitted examples (mean, 95th percentile, worst condition).
+        validation: the same for calibration examples held out of the fit, if any.
+        cost: model evaluations and wall time of the search and fit.
+        guidance_grid: the guidance scales whose schedules share this path (a calibrated grid,
+            see :mod:`schedules.guidance_blend`); empty when fitted alone.
     """
 
     path: list[StrictInt]
-    step_errors: list[NonNegativeFloat]
-    condition_numbers: list[NonNegativeFloat]
+    step_errors: list[FiniteError]
+    condition_numbers: list[FiniteError]
     heldout: HeldoutReport | None = None
     candidates: list[Candidate] = field(default_factory=list)
     warnings: list[StrictStr] = field(default_factory=list)
+    fit_stats: ErrorStats | None = None
+    validation: ErrorStats | None = None
+    cost: FitCost | None = None
+    guidance_grid: list[FiniteFloat] = field(default_factory=list)
 
     @field_validator("path")
     @classmethod
@@ -203,6 +295,12 @@ class Schedule:
         fit_report: per-step errors, condition numbers, held-out validation.
         created_at: ISO-8601 UTC creation time.
         format_version: file format version (:data:`FORMAT_VERSION`).
+        prediction_type: what the model outputs (one of :data:`PREDICTION_TYPES`); a file
+            without it takes the teacher config's, else ``"epsilon"``.
+
+    Physical ranges are checked too: timesteps within the teacher's training range
+    ``0 <= t < num_train_timesteps`` (an integer in the teacher config, default 1000),
+    coefficients at most :data:`MAX_COEFFICIENT` in magnitude, every reported error finite.
     """
 
     model_id: Annotated[str, Strict(), Field(min_length=1)]
@@ -211,7 +309,7 @@ class Schedule:
     resolution: tuple[PositiveInt, PositiveInt] | None
     num_examples: PositiveInt
     timesteps: Annotated[list[Timestep], Field(min_length=1)]
-    coefficients: list[list[FiniteFloat]]
+    coefficients: list[list[Coefficient]]
     init_noise_sigma: Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
     method: Method
     fit_report: FitReport
@@ -219,6 +317,7 @@ class Schedule:
         default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds")
     )
     format_version: Literal[1] = FORMAT_VERSION
+    prediction_type: StrictStr = ""
 
     @model_validator(mode="before")
     @classmethod
@@ -230,6 +329,13 @@ class Schedule:
             if missing:
                 raise ValueError(f"missing field(s) {', '.join(missing)}")
         return data
+
+    @field_validator("prediction_type")
+    @classmethod
+    def _known_prediction_type(cls, value: str) -> str:
+        if value and value not in PREDICTION_TYPES:
+            raise ValueError(f"must be one of {', '.join(PREDICTION_TYPES)}, got {value!r}")
+        return value
 
     @field_validator("timesteps")
     @classmethod
@@ -258,6 +364,21 @@ class Schedule:
         for name in ("path", "step_errors", "condition_numbers"):
             if len(getattr(report, name)) != k:
                 raise ValueError(f"fit_report.{name} must be a list of {k} entries")
+        horizon = self.teacher.num_train_timesteps
+        outside = [t for t in self.timesteps if not 0 <= t < horizon]
+        if outside:
+            raise ValueError(
+                f"timesteps must lie in the teacher's training range [0, {horizon}), got "
+                f"{', '.join(f'{t:g}' for t in outside)}"
+            )
+        if not self.prediction_type:  # a file from before it was recorded, or the default
+            teachers = self.teacher.config.get("prediction_type") or PREDICTION_TYPES[0]
+            object.__setattr__(self, "prediction_type", teachers)
+        if self.prediction_type != self.teacher.config.get("prediction_type", self.prediction_type):
+            raise ValueError(
+                f"prediction_type {self.prediction_type!r} differs from the teacher config's "
+                f"{self.teacher.config['prediction_type']!r}"
+            )
         return self
 
     def __len__(self) -> int:
@@ -273,9 +394,23 @@ class Schedule:
         model = re.sub(r"[^A-Za-z0-9._-]+", "--", self.model_id).strip("-") or "model"
         return f"{model}__{self.num_steps}steps__cfg{self.guidance_scale:g}__{self.method}"
 
+    def worse_than_best_peer(self) -> bool | None:
+        """Whether a peer sampler had a lower held-out error than this schedule (``None``
+        when the schedule was not validated on held-out examples)."""
+        heldout = self.fit_report.heldout
+        return None if heldout is None else heldout.worse_than_best_peer
+
+    def check_prediction_type(self, prediction_type: str) -> None:
+        """Raise ``ValueError`` unless the model predicts what this schedule was fitted on."""
+        check_prediction_type(self.prediction_type, prediction_type, self.name)
+
     def with_heldout(self, heldout: HeldoutReport) -> Schedule:
         """A copy whose fit report carries ``heldout``."""
-        return replace(self, fit_report=replace(self.fit_report, heldout=heldout))
+        return self.with_report(heldout=heldout)
+
+    def with_report(self, **changes: Any) -> Schedule:
+        """A copy whose fit report has ``changes`` (field names of :class:`FitReport`)."""
+        return replace(self, fit_report=replace(self.fit_report, **changes))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -308,17 +443,53 @@ class Schedule:
         """Read and validate a schedule file; raises :class:`ScheduleFileError` naming it."""
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            raw = path.read_bytes()
         except OSError as exc:
             raise ScheduleFileError(f"{path}: cannot read schedule file: {exc}") from exc
         try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ScheduleFileError(f"{path}: not UTF-8 text: {exc}") from None
+        try:
             data = json.loads(text, parse_constant=_reject_constant)
+        except RecursionError:
+            raise ScheduleFileError(
+                f"{path}: JSON nested too deeply (at most {MAX_NESTING} levels)"
+            ) from None
         except (json.JSONDecodeError, ValueError) as exc:
             raise ScheduleFileError(f"{path}: not valid JSON: {exc}") from exc
+        if _nesting(data) > MAX_NESTING:
+            raise ScheduleFileError(
+                f"{path}: JSON nested too deeply (at most {MAX_NESTING} levels)"
+            )
         return cls.from_dict(data, source=str(path))
 
 
 _SCHEDULE = TypeAdapter(Schedule)
+
+
+def check_prediction_type(fitted: str, model: str, what: str = "this OLSS schedule") -> None:
+    """Raise ``ValueError`` when a schedule fitted on ``fitted`` outputs is used with a model
+    that predicts ``model`` (both diffusers ``prediction_type`` values)."""
+    if fitted != model:
+        raise ValueError(
+            f"{what} was fitted on a model with prediction_type={fitted!r}; this model has "
+            f"prediction_type={model!r}: fit a schedule for it (olss calibrate)"
+        )
+
+
+def _nesting(data: Any) -> int:
+    """How deeply ``data`` nests lists and dicts (iteratively: no recursion limit)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, list):
+            deepest = max(deepest, depth)
+            if depth <= MAX_NESTING:
+                stack.extend((item, depth + 1) for item in value)
+    return deepest
 
 
 def _reject_constant(name: str) -> float:

@@ -16,6 +16,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
+from schedules.schedule_file import check_prediction_type
+
 if TYPE_CHECKING:
     from schedules.schedule_file import Schedule
 
@@ -58,6 +60,10 @@ class OLSSScheduler(SchedulerMixin, ConfigMixin):
             The classifier-free guidance scale the schedule was fitted at.
         method (`str`, defaults to `"closed-loop"`):
             How the schedule was fitted: ``"closed-loop"``, ``"paper"`` or ``"uniform"``.
+        prediction_type (`str`, defaults to `"epsilon"`):
+            What the model outputs (``"epsilon"``, ``"v_prediction"``, ``"sample"``...). The step
+            is linear in the model output whatever it is, but the coefficients only fit the
+            prediction type they were fitted on: see :meth:`check_prediction_type`.
     """
 
     order = 1
@@ -72,6 +78,7 @@ class OLSSScheduler(SchedulerMixin, ConfigMixin):
         model_id: str | None = None,
         guidance_scale: float | None = None,
         method: str = "closed-loop",
+        prediction_type: str = "epsilon",
     ) -> None:
         _check_schedule(timesteps, coefficients, init_noise_sigma)
         k = len(timesteps)
@@ -97,11 +104,23 @@ class OLSSScheduler(SchedulerMixin, ConfigMixin):
             timesteps=list(schedule.timesteps),
             coefficients=[list(row) for row in schedule.coefficients],
             init_noise_sigma=schedule.init_noise_sigma,
-            num_train_timesteps=int(schedule.teacher.config.get("num_train_timesteps", 1000)),
+            num_train_timesteps=schedule.teacher.num_train_timesteps,
             model_id=schedule.model_id,
             guidance_scale=schedule.guidance_scale,
             method=schedule.method.value,
+            prediction_type=schedule.prediction_type,
         )
+
+    @property
+    def prediction_type(self) -> str:
+        """What the model this schedule was fitted on outputs (diffusers' ``prediction_type``)."""
+        return self.config.prediction_type
+
+    def check_prediction_type(self, prediction_type: str) -> None:
+        """Raise ``ValueError`` unless the model predicts what this schedule was fitted on (e.g.
+        ``pipe.scheduler.config.prediction_type`` before swapping this scheduler in)."""
+        name = self.config.model_id or "this"
+        check_prediction_type(self.prediction_type, prediction_type, f"{name}'s OLSS schedule")
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from schedules.sampling import timestep_number
@@ -33,6 +34,8 @@ class Trajectories:
         model_id: key of the model (see :func:`schedules.registry.model_key`), if known.
         guidance_scale: classifier-free guidance scale of the outputs, if known.
         resolution: ``(height, width)`` in pixels, if an image model.
+        conditions: per example, its condition (the prompt, or the class), if known: fits
+            weight conditions equally and reports name the worst one.
     """
 
     samples: torch.Tensor
@@ -44,6 +47,7 @@ class Trajectories:
     model_id: str = "unknown"
     guidance_scale: float = 1.0
     resolution: tuple[int, int] | None = None
+    conditions: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         T = self.timesteps.shape[0]
@@ -56,6 +60,11 @@ class Trajectories:
             raise ValueError(
                 f"samples and outputs must share (N, ...); got {tuple(self.samples.shape[1:])} "
                 f"and {tuple(self.outputs.shape[1:])}"
+            )
+        if self.conditions is not None and len(self.conditions) != self.samples.shape[1]:
+            raise ValueError(
+                f"need one condition per example ({self.samples.shape[1]}), "
+                f"got {len(self.conditions)}"
             )
 
     @property
@@ -72,9 +81,23 @@ class Trajectories:
         """``t_i`` as a Python number (:func:`schedules.sampling.timestep_number`)."""
         return timestep_number(self.timesteps[i])
 
+    def condition_labels(self) -> list[str]:
+        """Each example's condition (``""`` for every example when unknown)."""
+        if self.conditions is None:
+            return [""] * self.num_examples
+        return list(self.conditions)
+
     def select(self, index: slice | list[int] | torch.Tensor) -> Trajectories:
         """The same trajectories restricted to some examples (in the given order)."""
-        return replace(self, samples=self.samples[:, index], outputs=self.outputs[:, index])
+        conditions = None
+        if self.conditions is not None:
+            conditions = tuple(np.asarray(self.conditions, dtype=object)[_as_index(index)])
+        return replace(
+            self,
+            samples=self.samples[:, index],
+            outputs=self.outputs[:, index],
+            conditions=conditions,
+        )
 
     def with_metadata(self, **kwargs: Any) -> Trajectories:
         """A copy with ``model_id`` / ``guidance_scale`` / ``resolution`` etc. set."""
@@ -86,8 +109,9 @@ class TrajectoryRecorder:
 
     Use it where the teacher scheduler would go, e.g. ``pipe.scheduler = TrajectoryRecorder(s)``:
     attributes (``config``, ``timesteps``, ``order``, ``init_noise_sigma``, ...) are the
-    teacher's; ``set_timesteps`` starts a new run; ``step`` has the teacher's signature (so
-    pipelines pass the same extra kwargs, such as ``eta`` or ``generator``), records
+    teacher's; ``set_timesteps`` (the teacher's signature: custom ``timesteps`` pass through
+    pipelines) starts a new run; ``step`` has the teacher's signature (so pipelines pass the same
+    extra kwargs, such as ``eta`` or ``generator``), records
     ``(scale_model_input(sample, t), model_output, t)`` and returns the teacher's result. Each
     complete run adds its batch to the examples; :meth:`trajectories` concatenates them along N.
 
@@ -106,7 +130,17 @@ class TrajectoryRecorder:
         def step(*args: Any, **kwargs: Any) -> Any:
             return self._record_step(*args, **kwargs)
 
+        @functools.wraps(teacher.set_timesteps)
+        def set_timesteps(*args: Any, **kwargs: Any) -> Any:
+            """The teacher's ``set_timesteps``; also starts a new recorded run."""
+            result = teacher.set_timesteps(*args, **kwargs)
+            self.__dict__["_current"] = None
+            return result
+
+        # Instance attributes with the teacher's signatures: pipelines inspect them (which step
+        # kwargs to pass, whether custom ``timesteps`` are supported).
         self.__dict__["step"] = step
+        self.__dict__["set_timesteps"] = set_timesteps
 
     # --- delegation ---------------------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -117,12 +151,6 @@ class TrajectoryRecorder:
             self.__dict__[name] = value
         else:
             setattr(self.teacher, name, value)
-
-    def set_timesteps(self, *args: Any, **kwargs: Any) -> Any:
-        """The teacher's ``set_timesteps``; also starts a new recorded run."""
-        result = self.teacher.set_timesteps(*args, **kwargs)
-        self.__dict__["_current"] = None
-        return result
 
     # --- recording ----------------------------------------------------------------------------
     def _record_step(
@@ -190,6 +218,13 @@ class TrajectoryRecorder:
             teacher_class=type(self.teacher).__name__,
             teacher_config=_jsonable(dict(self.teacher.config)),
         )
+
+
+def _as_index(index: slice | list[int] | torch.Tensor) -> slice | np.ndarray:
+    """A ``select`` index usable on a numpy array."""
+    if isinstance(index, slice):
+        return index
+    return np.asarray(index.tolist() if isinstance(index, torch.Tensor) else index)
 
 
 def _jsonable(value: Any) -> Any:

@@ -30,13 +30,19 @@ def ddim() -> DDIMScheduler:
 
 
 @pytest.fixture(scope="session")
-def mixture() -> ModelFn:
-    """Exact noise prediction (non-linear in x) for samples of any shape whose elements are
-    i.i.d. draws of a 1-D mixture: ``N(1.54, 0.15^2)`` and ``N(-0.29, 0.15^2)``, equally likely."""
+def mixture_model() -> GaussianMixtureDiffusion:
+    """A 1-D mixture, ``N(1.54, 0.15^2)`` and ``N(-0.29, 0.15^2)`` equally likely, with exact
+    model outputs (non-linear in x) for samples whose elements are i.i.d. draws of it."""
     config = MixtureConfig(
         dim=1, num_classes=2, components_per_class=1, separation=1.0, component_std=0.15
     )
-    return GaussianMixtureDiffusion(config).iid_model_fn
+    return GaussianMixtureDiffusion(config)
+
+
+@pytest.fixture(scope="session")
+def mixture(mixture_model: GaussianMixtureDiffusion) -> ModelFn:
+    """Exact noise prediction of :func:`mixture_model` for samples of any shape."""
+    return mixture_model.iid_model_fn()
 
 
 @pytest.fixture(scope="session")

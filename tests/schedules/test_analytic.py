@@ -93,8 +93,8 @@ def test_guidance_one_is_the_conditional_and_zero_the_unconditional(
     x = _randn(12, mixture.dim, seed=3)
     labels = torch.arange(12) % mixture.config.num_classes
     cond, uncond = mixture.eps(x, 400, labels), mixture.eps(x, 400)
-    assert torch.allclose(mixture.guided_eps(x, 400, labels, 1.0), cond, atol=1e-12)
-    assert torch.allclose(mixture.guided_eps(x, 400, labels, 0.0), uncond, atol=1e-12)
+    assert torch.allclose(mixture.guided(x, 400, labels, 1.0), cond, atol=1e-12)
+    assert torch.allclose(mixture.guided(x, 400, labels, 0.0), uncond, atol=1e-12)
     g = 7.5
     expected = uncond + g * (cond - uncond)
     assert torch.allclose(mixture.model_fn(labels, g)(x, 400), expected, atol=1e-12)

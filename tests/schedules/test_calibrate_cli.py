@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import pytest
 
 from olss_cli.schedule_commands import register
+from schedules.calibration import default_prompts
 from schedules.registry import ScheduleRegistry
 from schedules.schedule_file import Schedule
 
@@ -23,21 +25,27 @@ def test_calibrate_writes_validated_schedules(tiny_pipeline_dir: Path, tmp_path:
     out = tmp_path / "registry"
     argv = ["calibrate", "--model", str(tiny_pipeline_dir), "--steps", "2", "3"]
     argv += ["--teacher", "ddim:5", "--num-prompts", "3", "--num-validation", "1"]
-    argv += ["--batch-size", "2", "--height", "16", "--width", "16", "--max-paths", "3"]
-    argv += ["--device", "cpu", "--out", str(out)]
+    argv += ["--batch-size", "2", "--height", "16", "--width", "16", "--max-evaluations", "40"]
+    argv += ["--guidance", "3", "7.5", "--device", "cpu", "--out", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "held-out olss" in printed and "wrote" in printed
+    assert re.search(r"calibration: \d+ model evaluations \(teacher 20, search \d+", printed)
     entries = ScheduleRegistry(out).list()
-    assert sorted(e.steps for e in entries) == [2, 3]
+    assert sorted((e.steps, e.guidance) for e in entries) == [(2, 3), (2, 7.5), (3, 3), (3, 7.5)]
     schedule = ScheduleRegistry(out).get(tiny_pipeline_dir, 3, 7.5)
     assert schedule.model_id == "tiny-sd" and schedule.resolution == (16, 16)
-    assert schedule.method == "closed-loop" and schedule.num_examples == 2
+    assert schedule.method == "closed-loop" and schedule.num_examples == 1
+    low = ScheduleRegistry(out).get(tiny_pipeline_dir, 3, 3)
+    assert low.timesteps == schedule.timesteps and low.coefficients != schedule.coefficients
+    assert schedule.fit_report.guidance_grid == [3.0, 7.5]
     heldout = schedule.fit_report.heldout
     assert heldout.num_examples == 1
+    assert heldout.olss_stats.worst_condition == default_prompts()[2]  # the held-out prompt
     assert set(heldout.peer_errors) == {"dpmsolver++(2M)", "unipc"}
     assert ("NOT the best" in heldout.note) == (heldout.best != "olss")
-    assert len(schedule.fit_report.candidates) <= 3
+    cost = schedule.fit_report.cost
+    assert 0 < cost.evaluations < cost.calibration_evaluations
 
 
 def test_list_and_show(tmp_path: Path, make_schedule, capsys) -> None:

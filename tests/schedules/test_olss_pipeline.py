@@ -57,12 +57,37 @@ def test_olss_on_all_teacher_steps_reproduces_ddim_in_the_pipeline(loaded_pipeli
 
 
 def test_calibration_model_fn_reproduces_the_pipeline_guidance(loaded_pipeline) -> None:
-    teacher, steps = parse_teacher("ddim:3", loaded_pipeline.scheduler.config)
+    teacher = parse_teacher("ddim:3", loaded_pipeline.scheduler.config)
     traj, model_fn = record_teacher(
-        loaded_pipeline, PROMPTS, teacher, steps, 7.5, 0, SIZE, SIZE, batch_size=2, progress=False
+        loaded_pipeline, PROMPTS, teacher, 7.5, 0, SIZE, SIZE, batch_size=2, progress=False
     )
     assert isinstance(loaded_pipeline.scheduler, DDIMScheduler)  # restored
-    for i in range(steps):
+    assert traj.conditions == tuple(PROMPTS) and traj.guidance_scale == 7.5
+    for i in range(teacher.num_steps):
         torch.testing.assert_close(
             model_fn(traj.samples[i], traj.timestep(i)), traj.outputs[i], rtol=1e-5, atol=1e-6
         )
+    # The model of a subset of the examples is the same model on those examples (a UNet batch
+    # of one rounds differently from a batch of two in float32).
+    subset = torch.tensor([1])
+    torch.testing.assert_close(
+        model_fn.select(subset)(traj.samples[2][subset], traj.timestep(2)),
+        traj.outputs[2][subset],
+        rtol=1e-3,
+        atol=2e-5,
+    )
+    assert model_fn.evaluations == 2 * teacher.num_steps
+
+
+def test_default_teacher_runs_in_the_pipeline_down_to_t_zero(loaded_pipeline) -> None:
+    """The default teacher (DPM-Solver++(3M)) gets its evenly spaced timesteps ending at 0
+    through the pipeline's ``timesteps`` argument, and the recording keeps them."""
+    teacher = parse_teacher("dpmsolver++3m:12", loaded_pipeline.scheduler.config)
+    assert teacher.timesteps is not None and teacher.timesteps[0] == 999
+    assert teacher.timesteps[-1] == 0 and len(teacher.timesteps) == 12
+    traj, _ = record_teacher(
+        loaded_pipeline, PROMPTS, teacher, 7.5, 0, SIZE, SIZE, batch_size=2, progress=False
+    )
+    assert [traj.timestep(i) for i in range(traj.num_steps)] == teacher.timesteps
+    assert traj.teacher_class == "DPMSolverMultistepScheduler"
+    assert traj.teacher_config["solver_order"] == 3

@@ -11,6 +11,7 @@ from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
 from devtools.analytic import record_trajectories
 from schedules.gram import gram_matrix
+from schedules.heldout import example_errors
 from schedules.olss_search import search
 from schedules.paper_search import GramFitter, paper_path
 from schedules.paths import uniform_path
@@ -22,12 +23,21 @@ def relative_error(x: torch.Tensor, ref: torch.Tensor) -> float:
     return float((x.double() - ref.double()).norm() / ref.double().norm())
 
 
-def test_paper_fit_on_all_teacher_steps_reproduces_ddim(ddim, mixture, mixture_noise) -> None:
-    traj = record_trajectories(DDIMScheduler.from_config(ddim.config), mixture, mixture_noise, 10)
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_paper_fit_on_all_teacher_steps_reproduces_ddim(
+    ddim, mixture_model, mixture_noise, prediction_type: str
+) -> None:
+    """Each DDIM step is linear in the sample and the model output whatever the network
+    predicts (eps, v = sqrt(abar) eps - sqrt(1-abar) x0, or x0), so OLSS on every teacher step
+    is DDIM, to numerical precision."""
+    model = mixture_model.iid_model_fn(prediction_type)
+    teacher = DDIMScheduler.from_config(ddim.config, prediction_type=prediction_type)
+    traj = record_trajectories(teacher, model, mixture_noise, 10)
     schedule = search(traj, num_steps=10, method="paper")
+    assert schedule.prediction_type == prediction_type
     assert schedule.fit_report.path == list(range(10))
     assert max(schedule.fit_report.step_errors) < 1e-9
-    olss = run_sampler(OLSSScheduler.from_schedule(schedule), mixture, mixture_noise, 10)
+    olss = run_sampler(OLSSScheduler.from_schedule(schedule), model, mixture_noise, 10)
     assert relative_error(olss, traj.samples[-1]) < 1e-9
 
 
@@ -79,21 +89,25 @@ def test_closed_loop_report_matches_sampling_and_beats_its_candidates(
     mixture_traj, mixture, mixture_noise
 ) -> None:
     schedule = search(
-        mixture_traj, num_steps=4, model_fn=mixture, method="closed-loop", max_paths=8
+        mixture_traj, num_steps=4, model_fn=mixture, method="closed-loop", validation_fraction=0
     )
     report = schedule.fit_report
     tried = [c.error for c in report.candidates if c.error is not None]
-    assert 1 < len(report.candidates) <= 8
-    assert report.final_error == pytest.approx(min(tried))
-    # The closed-loop fit simulates the scheduler exactly: its error is what sampling gives.
+    assert len(tried) > 10 and {"paper", "uniform", "scan"} <= {c.name for c in report.candidates}
+    assert report.validation is None and report.fit_stats.num_examples == 12
+    # The closed-loop fit simulates the scheduler exactly: its errors are what sampling gives.
     final = run_sampler(OLSSScheduler.from_schedule(schedule), mixture, mixture_noise, 4)
-    assert relative_error(final, mixture_traj.samples[-1]) == pytest.approx(
-        report.final_error, rel=1e-4
-    )
-    # and no worse than running the teacher-forced coefficients of the paper path.
+    errors = example_errors(final, mixture_traj.samples[-1])
+    assert report.fit_stats.mean == pytest.approx(float(errors.mean()), rel=1e-4)
+    assert report.fit_stats.max == pytest.approx(float(errors.max()), rel=1e-4)
+    # No path it tried did better (the refinement only lowers the error), and it beats the
+    # teacher-forced coefficients of the paper path.
+    assert float(errors.pow(2).mean().sqrt()) <= min(tried) * (1 + 1e-6)
     paper = search(mixture_traj, num_steps=4, method="paper")
     paper_final = run_sampler(OLSSScheduler.from_schedule(paper), mixture, mixture_noise, 4)
-    assert report.final_error <= relative_error(paper_final, mixture_traj.samples[-1])
+    paper_errors = example_errors(paper_final, mixture_traj.samples[-1])
+    assert float(errors.mean()) < float(paper_errors.mean())
+    assert report.cost.evaluations > 0
 
 
 def test_closed_loop_on_given_path(mixture_traj, mixture) -> None:

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-OLSS = {"closed-loop", "paper", "uniform"}
-PEERS = {"DDIM", "PNDM", "Euler", "DEIS", "DPM++2M", "DPM++2M Karras", "DPM++3M"}
-PEERS |= {"DPM++3M Karras", "UniPC", "AYS DPM++2M"}
+OLSS = {"closed-loop", "closed-loop (old)", "paper", "uniform"}
+PEERS = {"DDIM", "PNDM", "Euler", "Euler Karras", "LMS", "LMS Karras", "DEIS", "DPM++2M"}
+PEERS |= {"DPM++2M Karras", "DPM++3M", "DPM++3M Karras", "UniPC", "UniPC Karras", "AYS DPM++2M"}
 
 
 def test_quick_quality_bench_scores_every_sampler_and_olss_wins(tmp_path: Path) -> None:
@@ -36,4 +36,9 @@ def test_quick_quality_bench_scores_every_sampler_and_olss_wins(tmp_path: Path) 
     for k in steps:
         best_peer = min(case["errors"][name][k] for name in PEERS)
         assert case["errors"]["closed-loop"][k] < best_peer
-    assert "analytic-summary" in result["tables"]
+    assert {"analytic-summary", "analytic-robustness", "analytic-old-vs-new"} <= set(
+        result["tables"]
+    )
+    for k in steps:  # the robustness numbers are per example: mean <= max of p95 and worst class
+        assert case["p95"]["closed-loop"][k] > 0 and case["worst_condition"]["closed-loop"][k] > 0
+        assert case["evaluations"][k] > 0

@@ -1,0 +1,389 @@
+"""Closed-loop OLSS schedules for several step counts at once, monotone in the step count.
+
+For step counts ``k_1 < k_2 < ...`` (Duan et al., arXiv:2305.14677, fitted closed-loop, see
+:mod:`schedules.closed_loop_search`):
+
+1. Each group's examples are split, condition by condition, into a fit part and a validation
+   part (``validation_fraction``). The path search runs on at most ``search_examples`` fitted
+   examples per group (spread over its conditions), under an :class:`EvaluationBudget` shared
+   out over the step counts in proportion to k.
+2. The search for ``k_j`` is seeded with the best ``k_{j-1}`` path with steps inserted, one at a
+   time, each in the gap where it helps most.
+3. The chosen path is fitted on every fitted example, then its coefficients are refined jointly
+   for the final error (:mod:`schedules.joint_refine`, on the search examples; kept per group
+   where the validation error drops); the validation examples run through it.
+   It is accepted only if no group's validation error is higher than that of the schedule for
+   ``k_{j-1}``; otherwise the ``k_{j-1}`` schedule is kept with idle steps inserted
+   (:func:`schedules.fit.with_idle_steps`), which samples exactly as it does. So the error never
+   rises with the step count.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from schedules.closed_loop import ClosedLoopFit, ClosedLoopFitter, EvaluationBudget, FitGroup
+from schedules.closed_loop_search import (
+    DEFAULT_SWEEPS,
+    DEFAULT_TOLERANCE,
+    PathSearch,
+    closed_loop_candidates,
+    insertions,
+)
+from schedules.fit import PathFit, with_idle_steps
+from schedules.gram import DEFAULT_MAX_COEF, DEFAULT_RCOND, gram_matrix
+from schedules.joint_refine import DEFAULT_ITERATIONS, refine_jointly
+from schedules.paper_search import GramFitter
+from schedules.paths import check_step_count
+from schedules.schedule_file import Candidate
+from schedules.trajectory import Trajectories
+
+DEFAULT_SEARCH_EXAMPLES = 64
+"""Examples per group the path search runs on; the chosen path is then fitted on all."""
+DEFAULT_VALIDATION_FRACTION = 0.25
+"""Share of each condition's examples held out of the fit to check each schedule."""
+DEFAULT_REFINE_SHARE = 0.5
+"""Share of a step count's budget kept for the joint refinement of its coefficients."""
+REFINE_MAX_STEPS = 10
+"""Longest schedule refined jointly: a Jacobian costs ``sum_i (i+2)(k-1-i)`` model calls (210
+at k=10, 680 at k=15), and from about 10 steps on the greedy fit is near the teacher's floor."""
+
+
+@dataclass(frozen=True)
+class SteppedFit:
+    """The result for one step count.
+
+    Args:
+        num_steps: k.
+        fits: per group, the path's coefficients fitted on the group's fitted examples.
+        validation_errors: per group, the balanced RMS error of its validation examples
+            (:func:`schedules.closed_loop_search.balanced_rms`), or ``None`` without any.
+        example_errors: per group, every example's final relative error.
+        fit_mask: per group, which examples were fitted (the others validate).
+        candidates: every path the search scored for this k, in order.
+        evaluations: model evaluations spent on this k (search and final fit).
+        seconds: wall time spent on this k.
+        idle_from: the shorter step count whose schedule this one repeats with idle steps, when
+            no searched path beat it on the validation examples.
+    """
+
+    num_steps: int
+    fits: list[PathFit]
+    validation_errors: list[float | None]
+    example_errors: list[np.ndarray]
+    fit_mask: list[torch.Tensor]
+    candidates: list[Candidate]
+    evaluations: int
+    seconds: float
+    idle_from: int | None = None
+
+
+def validation_masks(
+    groups: Sequence[FitGroup], fraction: float = DEFAULT_VALIDATION_FRACTION
+) -> list[torch.Tensor]:
+    """Per group, which examples validate: the last ``round(fraction * n_c)`` of each
+    condition's ``n_c`` examples, or, when conditions have too few examples for that, every
+    ``1/fraction``-th example of the group. Every group keeps at least one fitted example."""
+    masks = []
+    for group in groups:
+        labels = group.traj.condition_labels()
+        n = len(labels)
+        mask = torch.zeros(n, dtype=torch.bool)
+        if fraction > 0 and n > 1:
+            by_condition: dict[str, list[int]] = {}
+            for i, label in enumerate(labels):
+                by_condition.setdefault(label, []).append(i)
+            for members in by_condition.values():
+                count = round(fraction * len(members))
+                if count and count < len(members):
+                    mask[members[-count:]] = True
+            if not mask.any():
+                stride = max(2, round(1 / fraction))
+                mask[stride - 1 :: stride] = True
+        masks.append(mask)
+    return masks
+
+
+def search_subset(
+    groups: Sequence[FitGroup], fit_masks: Sequence[torch.Tensor], limit: int | None
+) -> list[torch.Tensor]:
+    """Per group, the indices of the fitted examples the path search uses: at most ``limit``
+    per group, taken round-robin over the group's conditions (so every condition is
+    represented before any has two); every fitted example when ``limit`` is ``None``."""
+    subsets = []
+    for group, mask in zip(groups, fit_masks, strict=True):
+        members = torch.nonzero(mask).flatten().tolist()
+        quota = len(members) if limit is None else min(limit, len(members))
+        labels = group.traj.condition_labels()
+        queues: dict[str, list[int]] = {}
+        for i in members:
+            queues.setdefault(labels[i], []).append(i)
+        order: list[int] = []
+        while len(order) < quota:
+            for queue in queues.values():
+                if queue and len(order) < quota:
+                    order.append(queue.pop(0))
+        subsets.append(torch.tensor(sorted(order), dtype=torch.long))
+    return subsets
+
+
+def concat_trajectories(trajs: Sequence[Trajectories]) -> Trajectories:
+    """Trajectories with the same teacher timesteps, concatenated along the examples."""
+    first = trajs[0]
+    conditions = None
+    if all(t.conditions is not None for t in trajs):
+        conditions = tuple(c for t in trajs for c in t.condition_labels())
+    return replace(
+        first,
+        samples=torch.cat([t.samples for t in trajs], dim=1),
+        outputs=torch.cat([t.outputs for t in trajs], dim=1),
+        conditions=conditions,
+    )
+
+
+def search_step_counts(
+    groups: Sequence[FitGroup],
+    step_counts: Sequence[int],
+    *,
+    budget: EvaluationBudget | None = None,
+    search_examples: int | None = DEFAULT_SEARCH_EXAMPLES,
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
+    sweeps: int = DEFAULT_SWEEPS,
+    tolerance: float = DEFAULT_TOLERANCE,
+    refine_iterations: int = DEFAULT_ITERATIONS,
+    refine_share: float = DEFAULT_REFINE_SHARE,
+    rcond: float = DEFAULT_RCOND,
+    max_coef: float = DEFAULT_MAX_COEF,
+    progress: Callable[[str], None] | None = None,
+) -> list[SteppedFit]:
+    """Closed-loop schedules for every step count (ascending), sharing one path over groups.
+
+    Args:
+        groups: example groups (e.g. one per guidance scale), same teacher timesteps.
+        step_counts: the k to fit (any order; the results come back ascending).
+        budget: model evaluations and time for the path searches, shared out over the step
+            counts in proportion to k; the final fits of the chosen paths always run. Its
+            ``evaluations`` count everything spent. Default: no limit (each coordinate descent
+            stops by its own rule).
+        search_examples: most examples per group the path search runs on (``None``: every
+            fitted one).
+            Needs models that are :class:`schedules.sampling.SelectableModel`; others search on
+            every fitted example.
+        validation_fraction: share of each condition's examples held out of the fit.
+        sweeps, tolerance: coordinate-descent limits (:class:`PathSearch`).
+        refine_iterations: Levenberg-Marquardt iterations of the joint refinement of the
+            chosen path's coefficients (:mod:`schedules.joint_refine`); 0 skips it.
+        refine_share: share of each step count's budget kept for the refinement.
+        rcond: eigenvalue cutoff of the Gram solves that build the paper's candidate paths.
+        max_coef: coefficients above this make a path invalid.
+        progress: receives one line per scored path.
+    """
+    steps = sorted(set(step_counts))
+    if not steps:
+        raise ValueError("step_counts must name at least one step count")
+    T = groups[0].traj.num_steps
+    for k in steps:
+        check_step_count(T, k)
+    budget = budget or EvaluationBudget()
+    fit_masks = [~mask for mask in validation_masks(groups, validation_fraction)]
+    final = ClosedLoopFitter(groups, fit_masks, max_coef=max_coef)
+    searcher = _search_fitter(groups, fit_masks, search_examples, max_coef)
+    gram = gram_matrix(concat_trajectories([g.traj for g in searcher.groups]))
+    paper_fitter = GramFitter(gram, rcond=rcond, max_coef=max_coef)
+    results: list[SteppedFit] = []
+    for j, k in enumerate(steps):
+        started = time.perf_counter()
+        allowance = _share(budget, steps[j:], k)
+        search_share = 1.0 - refine_share if refine_iterations else 1.0
+        searcher.budget = _scaled(allowance, search_share)
+        final.budget = EvaluationBudget()
+        search = PathSearch(searcher, sweeps=sweeps, tolerance=tolerance, progress=progress)
+        seeds = _grown_seeds(search, results[-1].fits[0].path, k) if results else []
+        search.run(k, closed_loop_candidates(paper_fitter, k), seeds)
+        spent = searcher.budget.evaluations
+        fit = _first_valid(final, search.ranked(k))
+        if fit is not None and refine_iterations and 1 < k <= REFINE_MAX_STEPS:
+            refine_budget = _remainder(allowance, spent, time.perf_counter() - started)
+            fit = _refined(searcher, final, fit, refine_iterations, refine_budget)
+            spent += refine_budget.evaluations
+        if fit is None:
+            if not results:
+                raise ValueError(
+                    f"no {k}-step path the search found has finite coefficients below "
+                    f"max_coef={max_coef:g} on every calibration example"
+                )
+            result = _idle_copy(results[-1], k, T, search.log)
+        else:
+            result = _stepped(k, fit, final, search.log)
+            if results and _worse(result, results[-1]):
+                result = _idle_copy(results[-1], k, T, search.log)
+        evaluations = spent + final.budget.evaluations
+        budget.evaluations += evaluations
+        results.append(
+            replace(result, evaluations=evaluations, seconds=time.perf_counter() - started)
+        )
+    return results
+
+
+def _search_fitter(
+    groups: Sequence[FitGroup],
+    fit_masks: Sequence[torch.Tensor],
+    search_examples: int | None,
+    max_coef: float,
+) -> ClosedLoopFitter:
+    """The fitter the path search runs on: the groups' subsets of :func:`search_subset`, or
+    every group (fitting its fitted examples) when that is all of them or a model cannot be
+    restricted."""
+    subsets = search_subset(groups, fit_masks, search_examples)
+    if sum(len(s) for s in subsets) < sum(int(m.sum()) for m in fit_masks):
+        restricted = [g.select(s) for g, s in zip(groups, subsets, strict=True)]
+        if all(r is not None for r in restricted):
+            return ClosedLoopFitter([r for r in restricted if r is not None], max_coef=max_coef)
+    return ClosedLoopFitter(groups, fit_masks, max_coef=max_coef)
+
+
+def _share(budget: EvaluationBudget, remaining_steps: Sequence[int], k: int) -> EvaluationBudget:
+    """This k's part of what is left of ``budget``, in proportion to k."""
+    part = k / sum(remaining_steps)
+    evaluations = None
+    if budget.max_evaluations is not None:
+        evaluations = max(0, int((budget.max_evaluations - budget.evaluations) * part))
+    seconds = None
+    if budget.max_seconds is not None:
+        seconds = max(0.0, budget.max_seconds - budget.seconds) * part
+    return EvaluationBudget(max_evaluations=evaluations, max_seconds=seconds)
+
+
+def _scaled(budget: EvaluationBudget, fraction: float) -> EvaluationBudget:
+    """A fresh budget with ``fraction`` of ``budget``'s limits."""
+    return EvaluationBudget(
+        max_evaluations=None
+        if budget.max_evaluations is None
+        else int(budget.max_evaluations * fraction),
+        max_seconds=None if budget.max_seconds is None else budget.max_seconds * fraction,
+    )
+
+
+def _remainder(budget: EvaluationBudget, evaluations: int, seconds: float) -> EvaluationBudget:
+    """A fresh budget with what is left of ``budget``'s limits after spending these."""
+    return EvaluationBudget(
+        max_evaluations=None
+        if budget.max_evaluations is None
+        else max(0, budget.max_evaluations - evaluations),
+        max_seconds=None if budget.max_seconds is None else max(0.0, budget.max_seconds - seconds),
+    )
+
+
+def _refined(
+    refiner: ClosedLoopFitter,
+    final: ClosedLoopFitter,
+    greedy: ClosedLoopFit,
+    iterations: int,
+    budget: EvaluationBudget,
+) -> ClosedLoopFit:
+    """Each group's greedy coefficients refined jointly (:func:`refine_jointly`) on the fitted
+    examples of ``refiner``, kept where they lower the group's validation error (its fit error
+    when it has no validation examples) on the final fitter."""
+    rows = [
+        refine_jointly(
+            group,
+            greedy.path,
+            fit.coefficients,
+            refiner.weights(g),
+            refiner.fit_masks[g],
+            budget,
+            iterations,
+        ).rows
+        for g, (group, fit) in enumerate(zip(refiner.groups, greedy.fits, strict=True))
+    ]
+    refined = final.run(greedy.path, rows, within_budget=False)
+    if not refined.valid:
+        return greedy
+    fits, errors = [], []
+    for g, mask in enumerate(final.fit_masks):
+        held_out = not bool(mask.all())
+        better = final.score(refined, fitted=not held_out, group=g) < final.score(
+            greedy, fitted=not held_out, group=g
+        )
+        chosen = refined if better else greedy
+        fit = chosen.fits[g]
+        if better:  # keep the greedy fit's condition numbers: refined rows were not solved
+            fit = replace(fit, condition_numbers=list(greedy.fits[g].condition_numbers))
+        fits.append(fit)
+        errors.append(chosen.example_errors[g])
+    return ClosedLoopFit(greedy.path, fits, errors)
+
+
+def _grown_seeds(search: PathSearch, path: list[int], k: int) -> list[list[int]]:
+    """``path`` grown to k steps, each step inserted where it scores best: the grown path, then
+    the other insertions of the last step."""
+    T = search.fitter.num_teacher_steps
+    grown = list(path)
+    options: list[list[int]] = []
+    while len(grown) < k:
+        options = insertions(grown, T)
+        if not options:
+            return []
+        grown = min(options, key=lambda p: search.evaluate("insert", p, within_budget=False))
+    return [grown, *(p for p in options if p != grown)]
+
+
+def _first_valid(
+    final: ClosedLoopFitter, ranked: Sequence[list[int]], tries: int = 8
+) -> ClosedLoopFit | None:
+    """The final fit of the best-scored path that is valid on every example (a path valid on
+    the search examples may need exploding coefficients on the rest), or ``None``."""
+    for path in ranked[:tries]:
+        fit = final.fit(path, within_budget=False)
+        if fit.valid:
+            return fit
+    return None
+
+
+def _stepped(
+    k: int, fit: ClosedLoopFit, fitter: ClosedLoopFitter, log: list[Candidate]
+) -> SteppedFit:
+    """The final fit of the chosen path as a result, with each group's validation error."""
+    validation = [
+        None if bool(mask.all()) else fitter.score(fit, fitted=False, group=g)
+        for g, mask in enumerate(fitter.fit_masks)
+    ]
+    return SteppedFit(
+        num_steps=k,
+        fits=list(fit.fits),
+        validation_errors=validation,
+        example_errors=list(fit.example_errors),
+        fit_mask=list(fitter.fit_masks),
+        candidates=list(log),
+        evaluations=0,
+        seconds=0.0,
+    )
+
+
+def _worse(new: SteppedFit, old: SteppedFit) -> bool:
+    """Whether the groups validate worse with ``new`` than with ``old``: the root mean square
+    of their validation errors (so a grid decides as a whole, keeping its path shared)."""
+    pairs = [
+        (a, b)
+        for a, b in zip(new.validation_errors, old.validation_errors, strict=True)
+        if a is not None and b is not None
+    ]
+    if not pairs:
+        return False
+    return float(np.mean([a * a for a, _ in pairs])) > float(np.mean([b * b for _, b in pairs]))
+
+
+def _idle_copy(old: SteppedFit, k: int, T: int, log: list[Candidate]) -> SteppedFit:
+    """``old`` grown to k steps with idle steps: it samples exactly as ``old``."""
+    return replace(
+        old,
+        num_steps=k,
+        fits=[with_idle_steps(fit, k, T) for fit in old.fits],
+        candidates=list(log),
+        idle_from=old.num_steps if old.idle_from is None else old.idle_from,
+    )
