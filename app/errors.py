@@ -4,11 +4,17 @@ Every error response is JSON ``{"error": "...", "error_type": "..."}`` (``ErrorB
 a route raised a domain error, the request failed its schema, the body was not JSON, or the
 HTTP layer refused it (404 route, 405 method, 413 body). ``error_responses`` declares the same
 body in the OpenAPI schema for every status a route can answer.
+
+The OpenAI Images API routes (``OPENAI_PATHS``) answer the same errors as OpenAI's error object
+``{"error": {"message", "type", "param", "code"}}`` (``OpenAIErrorBody``), with OpenAI's status
+for an invalid request (400; an unknown model is 404) and ``x-should-retry: false`` where the
+``openai`` client's automatic retry would only repeat the failure.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -25,11 +31,27 @@ from olss_core.keys import InvalidJobId
 log = logging.getLogger(__name__)
 
 
+FIELD_NAME = re.compile(r"[a-z_][a-z0-9_.]*")
+
+
 class ErrorBody(BaseModel):
-    """Every error response."""
+    """Every error response (but the OpenAI routes')."""
 
     error: str
     error_type: str
+
+
+class OpenAIError(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIErrorBody(BaseModel):
+    """An error response of the OpenAI routes: OpenAI's error object."""
+
+    error: OpenAIError
 
 
 class ServiceError(Exception):
@@ -37,10 +59,27 @@ class ServiceError(Exception):
 
     error_type = "error"
 
-    def __init__(self, message: str, retry_after_s: int | None = None) -> None:
+    def __init__(
+        self, message: str, retry_after_s: int | None = None, param: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s
+        self.param = param if param is not None else _leading_field(message)
+
+    def renamed(self, names: dict[str, str]) -> ServiceError:
+        """The same error naming its field as a protocol does (``names``: ours -> theirs)."""
+        param = names.get(self.param or "", self.param)
+        message = self.message
+        if self.param and param != self.param:
+            message = f"{param}{message.removeprefix(self.param)}"
+        return type(self)(message, self.retry_after_s, param)
+
+
+def _leading_field(message: str) -> str | None:
+    """The request field a message starts with (``"steps: at most 150"`` -> ``steps``)."""
+    name, colon, _ = message.partition(":")
+    return name if colon and FIELD_NAME.fullmatch(name) else None
 
 
 class InvalidJson(ServiceError):
@@ -119,6 +158,12 @@ class RedisUnavailable(ServiceError):
     error_type = "redis_unavailable"
 
 
+class JobTimeout(ServiceError):
+    """A protocol without a 202 (OpenAI, A1111) waited ``OLSS_SYNC_TIMEOUT_S``: the job goes on."""
+
+    error_type = "job_timeout"
+
+
 STATUS_CODES: dict[type[ServiceError], int] = {
     InvalidJson: 400,
     Unauthorized: 401,
@@ -135,6 +180,7 @@ STATUS_CODES: dict[type[ServiceError], int] = {
     JobFailed: 500,
     NoWorker: 503,
     RedisUnavailable: 503,
+    JobTimeout: 504,
 }
 HTTP_ERROR_TYPES: dict[int, str] = {
     400: "bad_request",
@@ -154,21 +200,47 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     429: "the queue or the event streams are full: retry after Retry-After seconds",
     500: "the job failed in the worker",
     503: "Redis is unavailable, or the model has no live worker",
+    504: "the job is still running after OLSS_SYNC_TIMEOUT_S (GET /jobs/{id} follows it)",
 }
 REDIS_STATUSES = (503,)
 """What any route that reads Redis can answer besides its own errors."""
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` declaring ``ErrorBody`` for each of ``statuses``."""
+OPENAI_PATHS = ("/v1/images/", "/v1/models")
+"""Path prefixes of the OpenAI Images API routes: their errors are ``OpenAIErrorBody``."""
+OPENAI_STATUS_CODES: dict[type[ServiceError], int] = {
+    **STATUS_CODES, InvalidRequest: 400, IdempotencyConflict: 400, UnknownModel: 404,
+}
+OPENAI_ERROR_TYPES: dict[int, str] = {401: "authentication_error", 429: "rate_limit_error"}
+"""OpenAI's ``error.type`` by status; any other 4xx is ``invalid_request_error``, a 5xx
+``server_error``."""
+OPENAI_NO_RETRY = (409, 500, 504)
+"""Statuses the ``openai`` client retries by itself, which a retry cannot cure here (the job
+was canceled, failed after its own retries, or still runs)."""
+
+
+def is_openai_path(path: str) -> bool:
+    return path.startswith(OPENAI_PATHS)
+
+
+def error_responses(*statuses: int, openai: bool = False) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` declaring ``ErrorBody`` (``OpenAIErrorBody`` on the OpenAI
+    routes) for each of ``statuses``."""
+    model = OpenAIErrorBody if openai else ErrorBody
     return {
-        status: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[status]}
+        status: {"model": model, "description": ERROR_DESCRIPTIONS[status]}
         for status in sorted(set(statuses))
     }
 
 
-def error_response(error: ServiceError) -> JSONResponse:
-    """The JSON response for a domain error, with its status code and headers."""
+def _openai_type(status: int) -> str:
+    default = "server_error" if status >= 500 else "invalid_request_error"
+    return OPENAI_ERROR_TYPES.get(status, default)
+
+
+def error_response(error: ServiceError, path: str = "") -> JSONResponse:
+    """The JSON response for a domain error, with its status code and headers, in the error
+    format of the route at ``path``."""
     headers: dict[str, str] = {}
     if error.retry_after_s is not None:
         headers["Retry-After"] = str(error.retry_after_s)
@@ -176,11 +248,23 @@ def error_response(error: ServiceError) -> JSONResponse:
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(error, BodyTooLarge):
         headers["Connection"] = "close"  # the rest of the body is not read, it is dropped
-    return JSONResponse(
-        ErrorBody(error=error.message, error_type=error.error_type).model_dump(),
-        status_code=STATUS_CODES.get(type(error), 500),
-        headers=headers,
-    )
+    if not is_openai_path(path):
+        return JSONResponse(
+            ErrorBody(error=error.message, error_type=error.error_type).model_dump(),
+            status_code=STATUS_CODES.get(type(error), 500),
+            headers=headers,
+        )
+    status = OPENAI_STATUS_CODES.get(type(error), 500)
+    return _openai_response(error.message, status, error.error_type, headers, error.param)
+
+
+def _openai_response(message: str, status: int, code: str, headers: dict[str, str],
+                     param: str | None = None) -> JSONResponse:
+    if status in OPENAI_NO_RETRY:
+        headers["x-should-retry"] = "false"
+    body = OpenAIError(message=message, type=_openai_type(status), param=param, code=code)
+    return JSONResponse(OpenAIErrorBody(error=body).model_dump(), status_code=status,
+                        headers=headers)
 
 
 def _field(loc: tuple[Any, ...]) -> str:
@@ -227,33 +311,35 @@ def install_error_handlers(app: FastAPI, allowed_methods: Callable[[str], list[s
     """
 
     @app.exception_handler(ServiceError)
-    async def _service(_: Request, error: ServiceError) -> JSONResponse:
-        return error_response(error)
+    async def _service(request: Request, error: ServiceError) -> JSONResponse:
+        return error_response(error, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _schema(request: Request, error: RequestValidationError) -> JSONResponse:
         content_type = request.headers.get("content-type", "")
-        return error_response(_describe_validation(error, content_type))
+        return error_response(_describe_validation(error, content_type), request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        path = request.url.path
         if error.status_code == 400 and (named := _unparsable_body(error.__cause__)):
-            return error_response(named)
+            return error_response(named, path)
         headers = dict(getattr(error, "headers", None) or {})
         if error.status_code == 405:
-            headers["Allow"] = ", ".join(allowed_methods(request.url.path))
-        body = ErrorBody(
-            error=str(error.detail),
-            error_type=HTTP_ERROR_TYPES.get(error.status_code, "http_error"),
-        )
+            headers["Allow"] = ", ".join(allowed_methods(path))
+        error_type = HTTP_ERROR_TYPES.get(error.status_code, "http_error")
+        if is_openai_path(path):
+            return _openai_response(str(error.detail), error.status_code, error_type, headers)
+        body = ErrorBody(error=str(error.detail), error_type=error_type)
         return JSONResponse(body.model_dump(), status_code=error.status_code, headers=headers)
 
     @app.exception_handler(InvalidJobId)
-    async def _bad_id(_: Request, error: InvalidJobId) -> JSONResponse:
-        return error_response(JobNotFound(f"no job: {error}"))
+    async def _bad_id(request: Request, error: InvalidJobId) -> JSONResponse:
+        return error_response(JobNotFound(f"no job: {error}"), request.url.path)
 
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)
-    async def _redis(_: Request, error: Exception) -> JSONResponse:
+    async def _redis(request: Request, error: Exception) -> JSONResponse:
         log.warning("redis unavailable: %s", error)
-        return error_response(RedisUnavailable(f"Redis is unavailable: {error}", retry_after_s=1))
+        return error_response(RedisUnavailable(f"Redis is unavailable: {error}", retry_after_s=1),
+                              request.url.path)

@@ -22,10 +22,15 @@ NO_WORKER_RETRY_AFTER_S = 10
 
 @dataclass(frozen=True)
 class Fleet:
-    """The workers with a fresh heartbeat at one moment, and every model ever served."""
+    """The workers with a fresh heartbeat at one moment, and every model ever served.
+
+    ``workers`` are the ready ones, the only ones jobs are routed to and counted as serving;
+    ``unready`` are the others (loading, calibrating, draining or stalled).
+    """
 
     workers: tuple[WorkerInfo, ...]
     known_models: frozenset[str] = frozenset()
+    unready: tuple[WorkerInfo, ...] = ()
 
     def by_model(self) -> dict[str, list[WorkerInfo]]:
         """Live workers grouped by model key, keys sorted."""
@@ -77,8 +82,9 @@ async def read_fleet(redis: Redis) -> Fleet:
     expired = [worker_id for worker_id, value in zip(ids, values, strict=True) if value is None]
     if expired:
         await redis.srem(WORKERS_SET, *expired)
-    workers = tuple(WorkerInfo.model_validate_json(v) for v in values if v is not None)
-    return Fleet(workers, known)
+    alive = [WorkerInfo.model_validate_json(v) for v in values if v is not None]
+    return Fleet(tuple(w for w in alive if w.ready), known,
+                 tuple(w for w in alive if not w.ready))
 
 
 class FleetView:

@@ -39,8 +39,9 @@ async def get_result(
     """
     async with redis_bytes.pipeline(transaction=False) as pipe:
         pipe.hgetall(job_key(job_id))
-        pipe.mget([image_key(job_id, n) for n in range(max_images)])
-        data, values = await pipe.execute()
+        for n in range(max_images):  # GETs, not one MGET: a cluster pipeline refuses MGET
+            pipe.get(image_key(job_id, n))
+        data, *values = await pipe.execute()
     record = _visible({k.decode(): v.decode() for k, v in data.items()}, job_id, caller)
     count = record.spec.num_images
     if count > max_images:  # made before the limit was lowered

@@ -19,9 +19,10 @@ from app.notifier import FinishNotifier
 from app.queue import JobQueue
 from app.request_observer import RequestObserver
 from app.throughput import FinishRate
+from app.webhooks.dispatcher import WebhookDispatcher
 from olss_core import __version__
 from olss_core.metrics import GatewayMetrics
-from olss_core.redis_clients import async_client
+from olss_core.redis_clients import RedisTarget, async_client
 from olss_core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not settings.api_keys:
             log.warning("OLSS_API_KEYS is unset: the gateway serves without authentication")
-        pool = (settings.redis_url, settings.redis_max_connections, settings.redis_pool_timeout_s)
+        pool = (RedisTarget.of(settings), settings.redis_max_connections,
+                settings.redis_pool_timeout_s)
         redis = async_client(*pool)
         redis_bytes = async_client(*pool, decode_responses=False)
         app.state.redis = redis
@@ -47,9 +49,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.events = EventHub(redis, settings.sse_max_streams)
         app.state.notifier = FinishNotifier(redis, finishes)
         app.state.notifier.start()
+        webhooks = WebhookDispatcher.of(redis, app.state.events, settings, metrics)
+        if webhooks is not None:
+            webhooks.start()
         try:
             yield
         finally:
+            if webhooks is not None:
+                await webhooks.stop()
             await app.state.notifier.stop()
             await app.state.events.stop()
             await redis.aclose()

@@ -1,9 +1,11 @@
 """Wake sync requests when their job finishes: one pub/sub subscription per gateway process.
 
-Workers publish a job id on ``olss:finished`` in the same MULTI that stores the outcome. The
-gateway keeps one subscription and resolves the local waiters for that id, so a waiting request
-costs no Redis traffic until its job is done. Pub/sub can drop messages (e.g. on a reconnect),
-so a waiter also re-reads the job's status every ``POLL_S``: a lost message only delays it.
+Workers publish the ids of finished jobs on ``olss:finished`` right after the MULTI that stores
+their outcome. The gateway keeps one subscription (on a Redis Cluster on one node:
+``olss_core.redis_clients.pubsub``) and resolves the local waiters for those ids, so a waiting
+request costs no Redis traffic until its job is done. Pub/sub can drop messages (e.g. on a
+reconnect), so a waiter also re-reads the job's status every ``POLL_S``: a lost message only
+delays it.
 Each notice is also counted in ``FinishRate`` (how fast each model's queue drains).
 """
 
@@ -14,12 +16,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from redis.asyncio import Redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 
 from app.throughput import FinishRate
-from olss_core.keys import FINISHED_CHANNEL
+from olss_core.keys import FINISHED_CHANNEL, finished_ids
+from olss_core.redis_clients import AsyncRedis, pubsub
 
 POLL_S = 1.0
 RESUBSCRIBE_BACKOFF = ExponentialWithJitterBackoff(base=0.05, cap=5.0)
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 class FinishNotifier:
     """Fans ``olss:finished`` messages out to the coroutines waiting for those jobs."""
 
-    def __init__(self, redis: Redis, finishes: FinishRate) -> None:
+    def __init__(self, redis: AsyncRedis, finishes: FinishRate) -> None:
         self._redis = redis
         self._finishes = finishes
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
@@ -54,13 +56,14 @@ class FinishNotifier:
         failures = 0
         while not self._stopped:
             try:
-                async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(FINISHED_CHANNEL)
+                async with pubsub(self._redis, ignore_subscribe_messages=True) as session:
+                    await session.subscribe(FINISHED_CHANNEL)
                     failures = 0
                     while not self._stopped:
-                        message = await pubsub.get_message(timeout=POLL_S)
+                        message = await session.get_message(timeout=POLL_S)
                         if message is not None:
-                            self._wake(message["data"])
+                            for job_id in finished_ids(message["data"]):
+                                self._wake(job_id)
             except RedisError as error:
                 failures += 1
                 log.warning("finish notices unavailable, polling meanwhile: %s", error)

@@ -19,6 +19,8 @@ from olss_core.job_scripts import CANCEL, ENQUEUE
 from olss_core.job_states import JobStatus
 from olss_core.keys import (
     FINISHED_CHANNEL,
+    GROUP,
+    caller_jobs_zset,
     cancel_key,
     events_key,
     idempotency_key,
@@ -26,9 +28,28 @@ from olss_core.keys import (
     jobs_stream,
     new_job_id,
     queued_zset,
+    webhooks_stream,
 )
-from olss_core.protocol import EventType, JobEvent, JobRecord, JobSpec, WorkerInfo, now
+from olss_core.protocol import (
+    EventType,
+    JobEvent,
+    JobRecord,
+    JobSpec,
+    WebhookTarget,
+    WorkerInfo,
+    now,
+)
 from olss_core.settings import Settings
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """One model's waiting work: jobs queued and not yet started (``depth``) and stream entries
+    no worker has read yet (``lag``, the consumer group's; ``None`` while there is no group,
+    before a model's first worker, or where Redis cannot count it)."""
+
+    depth: int
+    lag: int | None
 
 
 @dataclass(frozen=True)
@@ -74,26 +95,30 @@ class JobQueue:
         idempotency: Idempotency | None = None,
         owner: str | None = None,
         workers: Sequence[WorkerInfo] = (),
+        webhook: WebhookTarget | None = None,
     ) -> Enqueued:
         """Queue ``spec`` as a new job, or return the job already made for ``idempotency``.
 
         ``owner`` is the caller's key digest; ``workers`` (the model's live ones) and the
-        finishes measured set the ``Retry-After`` of a full queue (``app.throughput``).
+        finishes measured set the ``Retry-After`` of a full queue (``app.throughput``). A
+        ``webhook`` is registered in the same step (``app.webhooks`` delivers it).
         """
         job_id = new_job_id(spec.model)
         created = now()
         record = JobRecord(id=job_id, model=spec.model, spec=spec, created_at=created,
-                           total_steps=spec.steps, owner=owner)
+                           total_steps=spec.steps, owner=owner, webhook=webhook)
         event = JobEvent(type=EventType.QUEUED, status=JobStatus.QUEUED, at=created).to_fields()
         flat = [item for pair in record.to_hash().items() for item in pair]
         ttl = self._settings.job_ttl_s
         digest = idempotency.digest if idempotency else "-"
         outcome, value = await self._enqueue(
             keys=[job_key(job_id), queued_zset(spec.model), jobs_stream(spec.model),
-                  events_key(job_id), idempotency_key(spec.model, digest)],
+                  events_key(job_id), idempotency_key(spec.model, digest),
+                  caller_jobs_zset(spec.model, owner), webhooks_stream(spec.model)],
             args=[job_id, self._settings.max_queue_depth, ttl, created,
                   "1" if idempotency else "0", event["type"], event["data"],
-                  idempotency.fingerprint if idempotency else "-", *flat],
+                  idempotency.fingerprint if idempotency else "-", "1" if webhook else "0",
+                  *flat],
         )
         if outcome == "full":
             raise QueueFull(
@@ -111,14 +136,24 @@ class JobQueue:
             )
         return Enqueued(job_id=value, existing=outcome == "existing")
 
-    async def depth(self, models: list[str]) -> int:
-        """Jobs queued and not yet started, summed over ``models``."""
+    async def backlog(self, models: list[str]) -> dict[str, Backlog]:
+        """Each model's waiting work, in one round trip."""
         if not models:
-            return 0
+            return {}
         async with self._redis.pipeline(transaction=False) as pipe:
             for model in models:
                 pipe.zcard(queued_zset(model))
-            return sum(await pipe.execute())
+                pipe.xinfo_groups(jobs_stream(model))
+            replies = await pipe.execute(raise_on_error=False)
+        backlog = {}
+        for model, depth, groups in zip(models, replies[::2], replies[1::2], strict=True):
+            if isinstance(depth, Exception):
+                raise depth
+            lags = [] if isinstance(groups, Exception) else [
+                group["lag"] for group in groups if group["name"] == GROUP
+            ]
+            backlog[model] = Backlog(depth, lags[0] if lags else None)
+        return backlog
 
     async def position(self, record: JobRecord) -> int | None:
         """Jobs ahead of ``record`` while it is queued, else ``None``."""

@@ -8,11 +8,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, HttpUrl, StrictBool
 from pydantic_core import PydanticCustomError
 
 from olss_core.job_states import JobStatus
-from olss_core.protocol import SEED_RANGE, OutputFormat, ScheduleInfo, Timings
+from olss_core.protocol import (
+    SEED_RANGE,
+    JobRecord,
+    OutputFormat,
+    ScheduleInfo,
+    Timings,
+    WebhookEvent,
+)
 from olss_core.samplers import OLSS, SchedulerName
 
 MAX_SEED = SEED_RANGE - 1
@@ -61,6 +68,22 @@ class GenerateRequest(BaseModel):
     model: str | None = Field(
         None, min_length=1, description="default: OLSS_MODEL or the one model served"
     )
+    webhook: HttpUrl | None = Field(
+        None, description="POST the job's events to this URL, signed as Standard Webhooks "
+        "(needs OLSS_WEBHOOK_SECRET); public addresses only unless OLSS_WEBHOOK_ALLOW_NETWORKS"
+    )
+    webhook_events_filter: list[WebhookEvent] | None = Field(
+        None, min_length=1, description="the events the webhook gets (default: all)"
+    )
+    preview: StrictBool | PositiveInt = Field(
+        False, description="step events carry a small preview image: true on every step, n on "
+        "every n-th"
+    )
+
+    @property
+    def preview_every(self) -> int:
+        """A preview on every n-th step (0: none)."""
+        return 1 if self.preview is True else int(self.preview)
 
 
 class JobLinks(BaseModel):
@@ -134,7 +157,25 @@ class JobView(BaseModel):
     timings: Timings | None
     error: str | None
     error_type: str | None
+    webhook_failures: int = Field(0, description="webhook events given up on")
+    webhook_error: str | None = Field(None, description="the last failed webhook attempt")
     links: JobLinks
+
+    @classmethod
+    def of(cls, record: JobRecord, queue_position: int | None) -> JobView:
+        images = record.spec.num_images if record.status is JobStatus.SUCCEEDED else 0
+        return cls(
+            id=record.id, status=record.status, model=record.model,
+            queue_position=queue_position,
+            progress=Progress(step=record.step, total=record.total_steps),
+            attempts=record.attempts, seed=record.spec.seed, seeds=record.spec.seeds,
+            scheduler=record.spec.scheduler, schedule=record.schedule,
+            created_at=record.created_at, started_at=record.started_at,
+            finished_at=record.finished_at, timings=record.timings,
+            error=record.error, error_type=record.error_type,
+            webhook_failures=record.webhook_failures, webhook_error=record.webhook_error,
+            links=JobLinks.for_job(record.id, images),
+        )
 
 
 class CancelResult(BaseModel):

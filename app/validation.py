@@ -135,4 +135,5 @@ def build_job_spec(
         num_images=body.num_images,
         scheduler=body.scheduler,
         output_format=output_format,
+        preview_every=body.preview_every,
     )

@@ -42,6 +42,8 @@ def _lua(template: str) -> str:
         FINISHED_AT=_field("finished_at"),
         WORKER=_field("worker"),
         STEP=_field("step"),
+        WEBHOOK_ERROR=_field("webhook_error"),
+        WEBHOOK_FAILURES=_field("webhook_failures"),
         QUEUED=_status(JobStatus.QUEUED),
         RUNNING=_status(JobStatus.RUNNING),
         CANCELED=_status(JobStatus.CANCELED),
@@ -54,9 +56,12 @@ ENQUEUE = _lua("""
 -- enqueue (gateway): a new job record, its queued event and its stream entry, or the job
 -- already made for an idempotency key ('existing'; 'conflict' when that job was made for a
 -- request with another fingerprint), or 'full' past the depth limit.
--- KEYS: job, queued zset, stream, events, idempotency (may be unused)
+-- The job joins its caller's jobs; a job with a webhook gets an entry on the webhook stream,
+-- so its deliveries are due from the moment it exists (app.webhooks).
+-- KEYS: job, queued zset, stream, events, idempotency (may be unused), caller's jobs zset,
+--       webhook stream
 -- ARGV: job id, max depth, ttl, now, use idempotency (0/1), queued event fields x2,
---       request fingerprint, record fields
+--       request fingerprint, has a webhook (0/1), record fields
 -- The idempotency key holds '<job id> <fingerprint>' (a bare job id before fingerprints).
 if ARGV[5] == '1' then
   local existing = redis.call('GET', KEYS[5])
@@ -69,12 +74,16 @@ end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[4]) - tonumber(ARGV[3]))
 local depth = redis.call('ZCARD', KEYS[2])
 if depth >= tonumber(ARGV[2]) then return {'full', tostring(depth)} end
-redis.call('HSET', KEYS[1], unpack(ARGV, 9))
+redis.call('HSET', KEYS[1], unpack(ARGV, 10))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('XADD', KEYS[4], '*', 'type', ARGV[6], 'data', ARGV[7])
 redis.call('EXPIRE', KEYS[4], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
 redis.call('XADD', KEYS[3], '*', $JOB_FIELD, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', tonumber(ARGV[4]) - tonumber(ARGV[3]))
+redis.call('ZADD', KEYS[6], ARGV[4], ARGV[1])
+redis.call('EXPIRE', KEYS[6], ARGV[3])
+if ARGV[9] == '1' then redis.call('XADD', KEYS[7], '*', $JOB_FIELD, ARGV[1]) end
 if ARGV[5] == '1' then redis.call('SET', KEYS[5], ARGV[1] .. ' ' .. ARGV[8], 'EX', ARGV[3]) end
 return {'new', ARGV[1]}
 """)
@@ -99,17 +108,42 @@ return 'asked'
 """)
 
 START = _lua("""
--- start (worker): move a delivered job to running and count an attempt, unless it is gone
--- ('missing'), finished ('finished'), canceled ('cancel') or out of attempts ('dead').
--- KEYS: job, queued zset, cancel flag.  ARGV: worker id, now, max attempts
-local status = redis.call('HGET', KEYS[1], $STATUS)
-if not status then return {'missing'} end
-if not $CAN_START then return {'finished'} end
-if redis.call('EXISTS', KEYS[3]) == 1 then return {'cancel'} end
-redis.call('ZREM', KEYS[2], redis.call('HGET', KEYS[1], $ID))
-local attempts = redis.call('HINCRBY', KEYS[1], $ATTEMPTS, 1)
-if attempts > tonumber(ARGV[3]) then return {'dead'} end
-redis.call('HSET', KEYS[1], $STATUS, $RUNNING, $STARTED_AT, ARGV[2], $WORKER, ARGV[1],
-           $STEP, '0')
-return {'run', redis.call('HGETALL', KEYS[1])}
+-- start (worker): for each delivered job of one model, move it to running and count an
+-- attempt, unless it is gone ('missing'), finished ('finished'), canceled ('cancel') or out of
+-- attempts ('dead'); one reply per job, in order.
+-- KEYS: queued zset, then the job and its cancel flag for each job.
+-- ARGV: worker id, now, max attempts
+local replies = {}
+for i = 2, #KEYS, 2 do
+  local job, cancel = KEYS[i], KEYS[i + 1]
+  local status = redis.call('HGET', job, $STATUS)
+  if not status then
+    replies[#replies + 1] = {'missing'}
+  elseif not $CAN_START then
+    replies[#replies + 1] = {'finished'}
+  elseif redis.call('EXISTS', cancel) == 1 then
+    replies[#replies + 1] = {'cancel'}
+  else
+    redis.call('ZREM', KEYS[1], redis.call('HGET', job, $ID))
+    local attempts = redis.call('HINCRBY', job, $ATTEMPTS, 1)
+    if attempts > tonumber(ARGV[3]) then
+      replies[#replies + 1] = {'dead'}
+    else
+      redis.call('HSET', job, $STATUS, $RUNNING, $STARTED_AT, ARGV[2], $WORKER, ARGV[1],
+                 $STEP, '0')
+      replies[#replies + 1] = {'run', redis.call('HGETALL', job)}
+    end
+  end
+end
+return replies
+""")
+
+WEBHOOK_FAILED = _lua("""
+-- a webhook attempt failed (gateway): note its error on the job record and, when the event
+-- was given up, count it; nothing once the record has expired (no partial record is made).
+-- KEYS: job.  ARGV: error, given up (0/1)
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], $WEBHOOK_ERROR, ARGV[1])
+if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[1], $WEBHOOK_FAILURES, 1) end
+return 1
 """)

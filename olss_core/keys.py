@@ -21,12 +21,20 @@ key                             type    contents
 ``olss:{t}:cancel:{id}``        string  set when a cancel was asked for, TTL as the record
 ``olss:{t}:idem:{hash}``        string  ``<job id> <request fingerprint>`` for an
                                         Idempotency-Key, TTL as the record
+``olss:{t}:caller:{owner}``     zset    the jobs of one API key (``anonymous`` without auth),
+                                        scored by enqueue time (A1111's progress, interrupt)
+``olss:{t}:webhooks``           stream  one entry per job with a webhook, field ``job_id``;
+                                        consumer group ``olss-webhooks`` (the gateways'
+                                        dispatchers); deleted once the job's last event is sent
+``olss:{t}:webhook:{id}``       hash    delivery progress of the job's webhook: the last event
+                                        handled, attempts at the next one; TTL as the record
 ``olss:{fleet}:models``         set     model keys that have had a worker (for queue depth)
 ``olss:{fleet}:workers``        set     worker ids that have sent a heartbeat
 ``olss:{fleet}:worker:{wid}``   string  the worker's ``WorkerInfo`` JSON, TTL
                                         ``OLSS_HEARTBEAT_TTL_S``: present means alive
-``olss:finished``               pubsub  a job id, published when the job reaches a final state
-                                        (wakes sync waiters; the record stays the truth)
+``olss:finished``               pubsub  job ids separated by spaces, published when those jobs
+                                        reach a final state (wakes sync waiters; the record
+                                        stays the truth)
 ==============================  ======  =====================================================
 """
 
@@ -39,6 +47,10 @@ import uuid
 PREFIX = "olss"
 GROUP = "olss-workers"
 """The consumer group every worker of a model reads its stream with."""
+WEBHOOK_GROUP = "olss-webhooks"
+"""The consumer group the gateways' webhook dispatchers read a model's webhook stream with."""
+ANONYMOUS = "anonymous"
+"""The owner of the jobs made without authentication (``caller_jobs_zset``)."""
 FLEET_TAG = "{fleet}"
 WORKERS_SET = f"{PREFIX}:{FLEET_TAG}:workers"
 MODELS_SET = f"{PREFIX}:{FLEET_TAG}:models"
@@ -51,6 +63,16 @@ _JOB_ID = re.compile(rf"^([0-9a-f]{{{MODEL_TAG_LENGTH}}})-[0-9a-f]{{32}}$")
 
 class InvalidJobId(ValueError):
     """A job id that no job can have (it does not start with a model tag)."""
+
+
+def finished_notice(job_ids: list[str]) -> str:
+    """The ``FINISHED_CHANNEL`` message for jobs that reached a final state together."""
+    return " ".join(job_ids)
+
+
+def finished_ids(notice: str) -> list[str]:
+    """The job ids of a ``FINISHED_CHANNEL`` message."""
+    return notice.split()
 
 
 def model_tag(model: str) -> str:
@@ -93,6 +115,19 @@ def dead_stream(model: str) -> str:
 
 def idempotency_key(model: str, digest: str) -> str:
     return f"{_model_prefix(model)}:idem:{digest}"
+
+
+def caller_jobs_zset(model: str, owner: str | None) -> str:
+    """The jobs of ``owner`` (an API key's digest, ``None`` without auth) for ``model``."""
+    return f"{_model_prefix(model)}:caller:{owner or ANONYMOUS}"
+
+
+def webhooks_stream(model: str) -> str:
+    return f"{_model_prefix(model)}:webhooks"
+
+
+def webhook_progress_key(job_id: str) -> str:
+    return f"{_job_prefix(job_id)}:webhook:{job_id}"
 
 
 def job_key(job_id: str) -> str:

@@ -33,6 +33,36 @@ class EventType(StrEnum):
     FINISHED = "finished"
 
 
+class WebhookEvent(StrEnum):
+    """What a webhook may be sent for (Replicate's ``webhook_events_filter`` values): the job
+    started, its images are ready, it reached a final state (succeeded, failed or canceled)."""
+
+    START = "start"
+    OUTPUT = "output"
+    COMPLETED = "completed"
+
+
+class WebhookTarget(BaseModel):
+    """A job's webhook: where it goes, for which events, and the base URL of the links it
+    carries (the one the job's request was sent to)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    url: str
+    events: tuple[WebhookEvent, ...]
+    base_url: str
+
+
+class Preview(BaseModel):
+    """A small picture of a running job's latents after one step (a ``step`` event carries it
+    when the job asked for previews; ``workers.previews`` makes it)."""
+
+    content_type: str
+    width: int
+    height: int
+    data_base64: str
+
+
 class JobSpec(BaseModel):
     """A validated generation request: the only thing that is ever queued.
 
@@ -52,6 +82,9 @@ class JobSpec(BaseModel):
     num_images: int = 1
     scheduler: SchedulerName = OLSS
     output_format: OutputFormat = "png"
+    preview_every: int = Field(
+        0, ge=0, description="a preview on every n-th step event (0: none)"
+    )
 
     @property
     def seeds(self) -> list[int]:
@@ -98,6 +131,9 @@ class JobRecord(BaseModel):
     owner: str | None = Field(
         None, description="digest of the API key that created the job (None without auth)"
     )
+    webhook: WebhookTarget | None = None
+    webhook_failures: int = Field(0, description="webhook events given up on (app.webhooks)")
+    webhook_error: str | None = Field(None, description="the last failed webhook attempt")
 
     @classmethod
     def fields(cls, **values: Any) -> dict[str, str]:
@@ -117,13 +153,15 @@ class JobRecord(BaseModel):
             if name not in cls.model_fields or raw == "":
                 continue
             values[name] = raw
-        for nested in ("spec", "timings"):
+        for nested in _NESTED:
             if nested in values:
                 values[nested] = _NESTED[nested].model_validate_json(values[nested])
         return cls.model_validate(values)
 
 
-_NESTED: dict[str, type[BaseModel]] = {"spec": JobSpec, "timings": Timings}
+_NESTED: dict[str, type[BaseModel]] = {
+    "spec": JobSpec, "timings": Timings, "webhook": WebhookTarget,
+}
 
 
 def _encode(value: Any) -> str:
@@ -146,6 +184,7 @@ class JobEvent(BaseModel):
     total: int | None = None
     attempt: int | None = None
     error: str | None = None
+    preview: Preview | None = None
 
     def to_fields(self) -> dict[str, str]:
         return {"type": self.type.value, "data": self.model_dump_json(exclude_none=True)}
@@ -163,20 +202,41 @@ class ScheduleInfo(BaseModel):
     guidance_scale: float
 
 
+class WorkerState(StrEnum):
+    """What a worker is doing, as its heartbeat says: the gateway sends jobs to ``ready`` ones
+    only and counts the others apart (``app.fleet``)."""
+
+    LOADING = "loading"  # loading its model and warming up
+    CALIBRATING = "calibrating"  # fitting its model's OLSS schedules before it serves
+    READY = "ready"  # serving its model's queue
+    DRAINING = "draining"  # stopping: finishing the running batch, handing back the rest
+    STALLED = "stalled"  # alive, but its last read of its queue failed (``queue_error``)
+
+
 class WorkerInfo(BaseModel):
-    """A worker's heartbeat: what it serves, so the gateway validates without loading schedules."""
+    """A worker's heartbeat: what it serves, so the gateway validates without loading schedules.
+
+    A worker beats from the start of loading; what only the loaded model knows (schedules,
+    samplers, native size) is empty or ``None`` until it is ``ready``.
+    """
 
     worker_id: str
+    state: WorkerState = WorkerState.READY
+    queue_error: str | None = Field(
+        None, description="the Redis error of the worker's last round of serving its queue "
+        "(state stalled); None while it reads"
+    )
     model: str = Field(description="the model as configured (hub id, folder or embedded name)")
     model_key: str = Field(description="registry key; names the job stream")
     device: str
-    schedules: list[ScheduleInfo]
-    default_schedule: str | None
+    schedules: list[ScheduleInfo] = Field(default_factory=list)
+    default_schedule: str | None = None
     default_steps: int = Field(description="steps for the other schedulers when not given")
     default_guidance_scale: float = Field(description="guidance when not given (non-OLSS)")
-    schedulers: list[str]
-    width: int = Field(description="the model's native image width")
-    height: int
+    schedulers: list[str] = Field(default_factory=list)
+    width: int | None = Field(None, description="the model's native image width (None "
+                              "until it is loaded)")
+    height: int | None = None
     max_width: int | None = Field(
         None, description="largest width the worker takes (None: the gateway derives it from "
         "width and OLSS_MAX_SIZE_FACTOR)"
@@ -194,3 +254,8 @@ class WorkerInfo(BaseModel):
 
     def serves(self, model: str) -> bool:
         return model in (self.model, self.model_key)
+
+    @property
+    def ready(self) -> bool:
+        """The worker takes jobs now."""
+        return self.state is WorkerState.READY

@@ -6,14 +6,20 @@ setting (``OLSS_MAX_BATCH_SIZE: Input should be greater than 0``) instead of fai
 
 from __future__ import annotations
 
+import base64
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "OLSS_"
+WEBHOOK_SECRET_PREFIX = "whsec_"
+WEBHOOK_SECRET_MIN_BYTES = 24
+"""Standard Webhooks: secrets are 24 to 64 random bytes, base64-encoded after ``whsec_``."""
 
 
 class ConfigError(SystemExit):
@@ -27,7 +33,22 @@ class Settings(BaseSettings):
 
     # Infrastructure
     redis_url: str = Field(
-        "redis://127.0.0.1:6379/0", description="Redis for jobs, events, images and heartbeats"
+        "redis://127.0.0.1:6379/0", description="Redis for jobs, events, images and heartbeats "
+        "(with OLSS_REDIS_CLUSTER any node; with OLSS_REDIS_SENTINELS the database, user, "
+        "password and TLS of the primary, whose host is ignored)"
+    )
+    redis_cluster: bool = Field(
+        False, description="OLSS_REDIS_URL names a node of a Redis Cluster: the clients find "
+        "the other nodes and follow its slots (database 0 only)"
+    )
+    redis_sentinels: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated host:port of Redis Sentinels: the "
+        "clients connect to the primary they name for OLSS_REDIS_SENTINEL_MASTER and follow "
+        "a failover"
+    )
+    redis_sentinel_master: str | None = Field(
+        None, description="the name the Sentinels know the primary by (with "
+        "OLSS_REDIS_SENTINELS)"
     )
     model: str | None = Field(
         None, description="worker: hub id, local diffusers folder or embedded name (default "
@@ -87,6 +108,43 @@ class Settings(BaseSettings):
     )
     sync_timeout_s: float = Field(
         60.0, gt=0, description="gateway: a sync POST /generate waits this long, then 202"
+    )
+
+    # Protocols, webhooks and previews (app/api/routes/openai_images.py, a1111.py, app/webhooks)
+    webhook_secret: SecretStr | None = Field(
+        None, description="gateway: the Standard Webhooks signing secret, whsec_ and base64 "
+        "(at least 24 bytes); unset: a request with a webhook is refused"
+    )
+    webhook_allow_networks: Annotated[list[ipaddress.IPv4Network | ipaddress.IPv6Network],
+                                      NoDecode] = Field(
+        default_factory=list, description="gateway: comma-separated networks (CIDR) webhooks "
+        "may target although not public; default none: no private, loopback or link-local "
+        "address"
+    )
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, description="gateway: a webhook receiver must answer within this long"
+    )
+    webhook_max_attempts: int = Field(
+        6, ge=1, description="gateway: attempts at one webhook event before it is given up"
+    )
+    webhook_retry_base_s: float = Field(
+        1.0, gt=0, description="gateway: wait before a webhook's second attempt; it doubles "
+        "each attempt up to OLSS_WEBHOOK_RETRY_MAX_S"
+    )
+    webhook_retry_max_s: float = Field(
+        300.0, gt=0, description="gateway: longest wait between two webhook attempts"
+    )
+    webhook_lease_ms: int = Field(
+        30_000, ge=100, description="gateway: a job's webhook whose gateway is silent this long "
+        "is taken over by another gateway"
+    )
+    url_signing_secret: SecretStr | None = Field(
+        None, description="gateway: key of the signed image URLs given when OLSS_API_KEYS is "
+        "set (OpenAI url replies, webhook links); default: derived from OLSS_API_KEYS"
+    )
+    a1111_preview_every: int = Field(
+        1, ge=0, description="gateway: A1111 txt2img jobs get a preview every this many steps "
+        "for /sdapi/v1/progress (0: none; override_settings.show_progress_every_n_steps wins)"
     )
 
     # Jobs and queue
@@ -207,12 +265,67 @@ class Settings(BaseSettings):
             raise ValueError(f"image counts must be at least 1, got {value}")
         return sorted(set(value))
 
+    @field_validator("webhook_allow_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_secret", "url_signing_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _standard_webhooks_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            key = value.get_secret_value().removeprefix(WEBHOOK_SECRET_PREFIX)
+            try:
+                raw = base64.b64decode(key, validate=True)
+            except ValueError:
+                raise ValueError("must be whsec_ followed by base64") from None
+            if len(raw) < WEBHOOK_SECRET_MIN_BYTES:
+                raise ValueError(f"must hold at least {WEBHOOK_SECRET_MIN_BYTES} bytes")
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _split_sentinels(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinel_addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{address!r} is not host:port")
+        return value
+
+    @model_validator(mode="after")
+    def _one_redis_topology(self) -> Settings:
+        if self.redis_cluster and self.redis_sentinels:
+            raise ValueError("OLSS_REDIS_CLUSTER and OLSS_REDIS_SENTINELS exclude each other")
+        if bool(self.redis_sentinels) != bool(self.redis_sentinel_master):
+            raise ValueError("OLSS_REDIS_SENTINELS and OLSS_REDIS_SENTINEL_MASTER go together")
+        if self.redis_cluster:
+            url = urlsplit(self.redis_url)
+            if url.scheme == "unix" or url.path.strip("/") not in ("", "0"):
+                raise ValueError(
+                    "OLSS_REDIS_CLUSTER needs a redis:// or rediss:// OLSS_REDIS_URL on database 0"
+                )
+        return self
 
     @property
     def finished_image_ttl_s(self) -> int:
@@ -232,6 +345,7 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as error:
         problems = "; ".join(
             f"{ENV_PREFIX}{'.'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            if e["loc"] else e["msg"]  # a rule over several settings names them itself
             for e in error.errors()
         )
         raise ConfigError(f"invalid settings: {problems}") from None

@@ -1,17 +1,41 @@
 """The step hook of one running batch: cancels seen at a step, progress for the rest.
 
 After each denoising step it finishes the jobs whose cancel was asked for (canceled, released)
-and records the step for the others; once no job is left it stops the batch.
+and records the step for the others; once no job is left it stops the batch. The step events
+of the jobs that asked for previews go through ``previews`` instead (all of them, so they stay
+in order), with a picture of the job's latents (``workers.previews``) on its n-th steps but the
+last.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from olss_core.metrics import JobOutcome, WorkerMetrics
 from workers.fault_injection import FaultInjection
 from workers.leases import LeaseTracker
 from workers.lifecycle import ClaimedJob, JobLifecycle
+
+
+class PreviewSink(Protocol):
+    """Where previews are made and sent (``workers.previews.StepPreviews``)."""
+
+    def send(self, jobs: Sequence[ClaimedJob], rows: Mapping[str, int], latents: Any, step: int,
+             total: int) -> None:
+        """Send the step events of ``jobs``, after their earlier ones; a job in ``rows`` (by
+        id) with a preview of that row of ``latents``."""
+        ...
+
+    def drain(self) -> None:
+        """Return once every preview started is sent."""
+        ...
+
+
+def preview_due(every: int, step: int, total: int) -> bool:
+    """A job previewing every ``every`` steps gets one at ``step`` (never at the last)."""
+    return every > 0 and step < total and step % every == 0
 
 
 @dataclass(frozen=True)
@@ -24,16 +48,19 @@ class BatchProgress:
     leases: LeaseTracker
     metrics: WorkerMetrics
     faults: FaultInjection
+    previews: PreviewSink | None = None
     canceled: set[str] = field(default_factory=set, init=False)
 
     def active(self) -> list[ClaimedJob]:
         """The batch's jobs not canceled so far, in batch order."""
         return [job for job in self.jobs if job.id not in self.canceled]
 
-    def __call__(self, step: int, total: int) -> bool:
+    def __call__(self, step: int, total: int, latents: Any = None) -> bool:
         self.faults.delay_step()
         active = self.active()
         asked = self.lifecycle.cancel_requested(active)
+        if asked and self.previews is not None:
+            self.previews.drain()  # a job's previews go before its finished event
         for job in active:
             if job.id in asked:
                 self.lifecycle.finish_canceled(job)
@@ -41,6 +68,27 @@ class BatchProgress:
                 self.leases.release([job])
                 self.metrics.jobs.labels(status=JobOutcome.CANCELED).inc()
         active = self.active()
-        if active:
-            self.lifecycle.progress(active, step, total)
+        previewing = self._preview(active, step, total, latents)
+        rest = [job for job in active if job not in previewing]
+        if rest:
+            self.lifecycle.progress(rest, step, total)
+        if step == total and self.previews is not None:
+            self.previews.drain()
         return bool(active)
+
+    def _preview(self, active: list[ClaimedJob], step: int, total: int, latents: Any
+                 ) -> list[ClaimedJob]:
+        """Send the step events of the jobs that asked for previews; those jobs."""
+        if self.previews is None or latents is None:
+            return []
+        previewing = [job for job in active if job.spec.preview_every > 0]
+        if previewing:
+            due = {job.id for job in previewing
+                   if preview_due(job.spec.preview_every, step, total)}
+            rows, row = {}, 0
+            for job in self.jobs:  # a job's first image is its row in the batch's latents
+                if job.id in due:
+                    rows[job.id] = row
+                row += job.spec.num_images
+            self.previews.send(previewing, rows, latents, step, total)
+        return previewing

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from olss_core.metrics import JobOutcome, Stage, WorkerMetrics
-from workers.batch_progress import BatchProgress
+from workers.batch_progress import BatchProgress, PreviewSink
 from workers.batch_window import BatchWindow
 from workers.batching import halves, images
 from workers.engine import BatchInterrupted, Engine
@@ -42,6 +42,7 @@ class BatchRunner:
     faults: FaultInjection = field(default_factory=FaultInjection)
     after_failure: Callable[[], None] = _nothing
     window: BatchWindow | None = None
+    previews: PreviewSink | None = None
 
     def run(self, batch: list[ClaimedJob]) -> None:
         """Start ``batch`` (jobs that must not run are released) and run what started."""
@@ -57,7 +58,8 @@ class BatchRunner:
             self._generate(started)
 
     def _generate(self, jobs: list[ClaimedJob]) -> None:
-        progress = BatchProgress(jobs, self.lifecycle, self.leases, self.metrics, self.faults)
+        progress = BatchProgress(jobs, self.lifecycle, self.leases, self.metrics, self.faults,
+                                 self.previews)
         specs = [job.spec for job in jobs]
         try:
             self.faults.fail_marked(specs)

@@ -155,16 +155,18 @@ class CapturedLoop:
         if not self._calls[0].captured:
             self._reset()
         done: int | None = None
+        previous: torch.Tensor | None = None
         for steps, call in zip(self.segments, self._calls, strict=True):
             call.run()
             if done is not None:
-                self._report(on_step, done)
-            done = steps.stop
-        self._report(on_step, self.num_steps)
+                self._report(on_step, done, previous)
+            done, previous = steps.stop, call.output
+        self._report(on_step, self.num_steps, previous)
         output = self._calls[-1].output
         assert output is not None
         return output
 
-    def _report(self, on_step: StepHook | None, done: int) -> None:
-        if on_step is not None and not on_step(done, self.num_steps):
+    def _report(self, on_step: StepHook | None, done: int, latents: torch.Tensor | None
+                ) -> None:
+        if on_step is not None and not on_step(done, self.num_steps, latents):
             raise BatchInterrupted

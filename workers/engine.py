@@ -6,17 +6,22 @@ schedulers it serves.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from PIL import Image
 
 from olss_core.metrics import Stage
 from olss_core.protocol import JobSpec
 
-StepHook = Callable[[int, int], bool]
-"""``(step done, total steps)`` -> True to keep going, False to stop the whole batch."""
+
+class StepHook(Protocol):
+    """``(step done, total steps, latents after it)`` -> True to keep going, False to stop the
+    whole batch. ``latents`` (the batch's rows, a tensor) is ``None`` where the engine has none
+    to show (a fake engine)."""
+
+    def __call__(self, step: int, total: int, latents: Any = None) -> bool: ...
 
 
 class BatchInterrupted(Exception):

@@ -161,7 +161,7 @@ class InferenceEngine:
         total = len(scheduler.timesteps)
         for i in range(total):
             latents = run_steps(step, latents, embeds, range(i, i + 1))
-            if on_step is not None and not on_step(i + 1, total):
+            if on_step is not None and not on_step(i + 1, total, latents):
                 raise BatchInterrupted
         return latents
 

@@ -2,14 +2,17 @@
 
 Delivery is at least once. A job's stream entry stays pending in the consumer group until its
 result is stored: success, failure and cancel each store their outcome and acknowledge in one
-MULTI. Entries of a worker that died are claimed again once idle for ``OLSS_LEASE_MS``
-(XAUTOCLAIM); a live worker keeps its entries' leases fresh with ``extend_leases``. Each start
-counts an attempt in the job record; past ``OLSS_MAX_ATTEMPTS`` the job is dead-lettered.
+MULTI, then publish the finished jobs' ids (a Redis Cluster refuses PUBLISH in a MULTI; a notice
+lost between the two only delays a waiter until its next poll). Entries of a worker that died
+are claimed again once idle for ``OLSS_LEASE_MS`` (XAUTOCLAIM); a live worker keeps its entries'
+leases fresh with ``extend_leases``. Each start counts an attempt in the job record; past
+``OLSS_MAX_ATTEMPTS`` the job is dead-lettered.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
@@ -23,12 +26,13 @@ from olss_core.keys import (
     cancel_key,
     dead_stream,
     events_key,
+    finished_notice,
     image_key,
     job_key,
     jobs_stream,
     queued_zset,
 )
-from olss_core.protocol import EventType, JobEvent, JobRecord, JobSpec, Timings, now
+from olss_core.protocol import EventType, JobEvent, JobRecord, JobSpec, Preview, Timings, now
 from olss_core.settings import Settings
 from workers.batch_window import entry_seconds
 
@@ -156,14 +160,14 @@ class JobLifecycle:
 
     def start(self, jobs: list[ClaimedJob]) -> list[tuple[Start, ClaimedJob]]:
         """Atomically move each job to running (counting an attempt), unless it must not run:
-        gone or finished (acknowledged), canceled, or out of attempts (dead-lettered)."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            for job in jobs:
-                self._start(
-                    keys=[job_key(job.id), queued_zset(self.model), cancel_key(job.id)],
-                    args=[self.consumer, now(), self.settings.max_attempts], client=pipe,
-                )
-            replies = pipe.execute()
+        gone or finished (acknowledged), canceled, or out of attempts (dead-lettered). One
+        script call for the batch: its jobs' keys share their model's cluster slot."""
+        if not jobs:
+            return []
+        keys = [queued_zset(self.model)]
+        for job in jobs:
+            keys += [job_key(job.id), cancel_key(job.id)]
+        replies = self._start(keys=keys, args=[self.consumer, now(), self.settings.max_attempts])
         decisions: list[tuple[Start, ClaimedJob]] = []
         started: list[ClaimedJob] = []
         for job, reply in zip(jobs, replies, strict=True):
@@ -199,13 +203,18 @@ class JobLifecycle:
             flags = pipe.execute()
         return {job.id for job, flag in zip(jobs, flags, strict=True) if flag}
 
-    def progress(self, jobs: list[ClaimedJob], step: int, total: int) -> None:
-        """Record step ``step`` of ``total`` and send it as an event, for each job."""
+    def progress(self, jobs: Sequence[ClaimedJob], step: int, total: int,
+                 previews: Mapping[str, Preview] | None = None) -> None:
+        """Record step ``step`` of ``total`` and send it as an event, for each job (with its
+        preview from ``previews``, by job id, if it has one)."""
         event = JobEvent(type=EventType.STEP, step=step, total=total).to_fields()
+        previews = previews or {}
         with self.redis.pipeline(transaction=False) as pipe:
             for job in jobs:
                 pipe.hset(job_key(job.id), mapping=JobRecord.fields(step=step, total_steps=total))
-                pipe.xadd(events_key(job.id), event)
+                preview = previews.get(job.id)
+                pipe.xadd(events_key(job.id), event if preview is None else JobEvent(
+                    type=EventType.STEP, step=step, total=total, preview=preview).to_fields())
             pipe.execute()
 
     def succeed(self, results: list[JobResult]) -> float | None:
@@ -229,9 +238,9 @@ class JobLifecycle:
                 ))
                 finished_event = len(pipe)
                 pipe.xadd(events_key(job.id), event)
-                pipe.publish(FINISHED_CHANNEL, job.id)
             self._ack_in(pipe, [result.job.message_id for result in results])
             replies = pipe.execute()
+        self._announce([result.job.id for result in results])
         return entry_seconds(replies[finished_event])
 
     def finish_canceled(self, job: ClaimedJob) -> None:
@@ -241,9 +250,9 @@ class JobLifecycle:
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(job_key(job.id), mapping=fields)
             pipe.xadd(events_key(job.id), event.to_fields())
-            pipe.publish(FINISHED_CHANNEL, job.id)
             self._ack_in(pipe, [job.message_id])
             pipe.execute()
+        self._announce([job.id])
 
     def fail(self, job: ClaimedJob, error: BaseException) -> JobStatus:
         """A failed attempt: queue the job again, or dead-letter it on its last attempt.
@@ -299,9 +308,9 @@ class JobLifecycle:
                 },
             )
             pipe.xadd(events_key(job.id), event.to_fields())
-            pipe.publish(FINISHED_CHANNEL, job.id)
             self._ack_in(pipe, [job.message_id])
             pipe.execute()
+        self._announce([job.id])
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -309,6 +318,10 @@ class JobLifecycle:
         attempts = self.settings.max_attempts
         last = job.record.error or "its worker stopped before finishing (lease expired)"
         return f"gave up after {attempts} attempt(s); last: {last}"
+
+    def _announce(self, job_ids: list[str]) -> None:
+        """One notice for jobs whose outcome is stored (wakes their sync waiters)."""
+        self.redis.publish(FINISHED_CHANNEL, finished_notice(job_ids))
 
     def _ack(self, message_ids: list[str]) -> None:
         with self.redis.pipeline(transaction=True) as pipe:

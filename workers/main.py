@@ -17,20 +17,25 @@ import threading
 import time
 from dataclasses import dataclass
 
+import redis
+
 from olss_core import __version__
 from olss_core.metrics import WorkerMetrics
-from olss_core.protocol import WorkerInfo, now
+from olss_core.protocol import WorkerInfo, WorkerState, now
+from olss_core.redis_clients import RedisTarget, sync_client
 from olss_core.settings import Settings
+from schedules import model_key
 from workers.batch_runner import BatchRunner
 from workers.batch_window import BatchWindow
-from workers.embedded_model import DEFAULT_MODEL, model_defaults
+from workers.device_memory import memory_used
+from workers.embedded_model import DEFAULT_MODEL, model_defaults, resolve_model
 from workers.fault_injection import FaultInjection
 from workers.heartbeat import Heartbeat
 from workers.leases import LeaseTracker
 from workers.lifecycle import JobLifecycle
 from workers.metrics_server import MetricsServer
+from workers.previews import StepPreviews, cached_projection
 from workers.receiver import BatchReceiver
-from workers.redis_client import connect
 from workers.result_stage import ResultSink, ResultStage
 from workers.result_writer import ResultWriter
 from workers.serve_loop import ServeLoop
@@ -62,19 +67,34 @@ class Worker:
         self.settings = settings
         self.model = model or settings.model or DEFAULT_MODEL
         self.worker_id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
-        self.redis = connect(settings.redis_url)
-        self.metrics = WorkerMetrics.create()
+        self.redis = sync_client(RedisTarget.of(settings))
+        # The registry key, as load_model derives it: the heartbeat names it while loading.
+        self.model_key = model_key(resolve_model(self.model))
+        self.metrics = WorkerMetrics.create(self.model_key)
         self._stopping = threading.Event()
         self.heartbeat: Heartbeat | None = None
         self.metrics_server: MetricsServer | None = None
         self.results: ResultSink | None = None
+        self.previews: StepPreviews | None = None
         self.startup: StartupTimes | None = None
 
     def prepare(self) -> WorkerInfo:
-        """Load the model and schedules, warm up, wire the parts, then start metrics and the
-        heartbeat (the gateway routes here from the first beat)."""
+        """Start metrics and the heartbeat (state loading), load the model and schedules, warm
+        up, wire the parts, then say ready (the gateway routes here from that beat on)."""
         settings = self.settings
         started = time.monotonic()
+        self.metrics_server = MetricsServer.start(
+            self.metrics.registry, settings.worker_metrics_host, settings.worker_metrics_port,
+            self._state,
+        )
+        self.heartbeat = Heartbeat(
+            self.redis,
+            self._info(self.metrics_server.port),
+            ttl_s=settings.heartbeat_ttl_s,
+            period_s=min(settings.heartbeat_ttl_s, settings.lease_ms / 1000) / 3,
+        )
+        self.metrics.follow_state(self._state)
+        self.heartbeat.start()
         loaded = load_model(settings, self.model)
         loaded_at = time.monotonic()
         warm_up(loaded.engine, loaded.key, loaded.engine.bank.schedules, loaded.warm_batch_sizes)
@@ -88,50 +108,58 @@ class Worker:
         )
         writer = ResultWriter(lifecycle, leases, self.metrics, on_stored=window.finished)
         self.results = ResultStage(writer) if settings.overlap_results else writer
+        self.previews = StepPreviews(
+            cached_projection(loaded.engine.inference.pipe.vae, loaded.engine.native_size[0],
+                              settings.cache_dir, loaded.key),
+            lifecycle.progress,
+        )
         runner = BatchRunner(
             lifecycle, loaded.engine, leases, self.results, self.metrics,
-            FaultInjection.from_settings(settings), free_device_memory, window,
+            FaultInjection.from_settings(settings), free_device_memory, window, self.previews,
         )
         receiver = BatchReceiver(lifecycle, leases, settings.max_batch_size, window)
         self.loop = ServeLoop(
-            receiver, runner, lifecycle, leases, settings.max_batch_size, self._stopping
+            receiver, runner, lifecycle, leases, settings.max_batch_size, self._stopping,
+            on_round=self._served,
         )
-        self.metrics_server = MetricsServer.start(
-            self.metrics.registry, settings.worker_metrics_host, settings.worker_metrics_port
-        )
-        info = self._info(loaded, self.metrics_server.port)
-        self.heartbeat = Heartbeat(
-            self.redis,
-            info,
-            ttl_s=settings.heartbeat_ttl_s,
-            period_s=min(settings.heartbeat_ttl_s, settings.lease_ms / 1000) / 3,
-            on_beat=leases.extend,
-        )
-        self.heartbeat.start()
+        self.metrics.follow_work(lambda: len(leases.held()), lambda: memory_used(loaded.device))
+        self.heartbeat.on_beat = leases.extend
+        info = self._info(self.metrics_server.port, loaded)
+        self.heartbeat.show(info)
         log.info("worker ready after %.1f s (load %.1f s, warm-up %.1f s at batch sizes %s): %s",
                  startup.total_s, startup.load_s, startup.warm_up_s,
                  list(loaded.warm_batch_sizes), info.model_dump_json())
         return info
 
-    def _info(self, loaded: LoadedModel, metrics_port: int) -> WorkerInfo:
-        """What the heartbeat tells the gateway about this worker."""
-        bank = loaded.engine.bank
-        width, height = loaded.engine.native_size
+    def _state(self) -> WorkerState:
+        """What the heartbeat says (loading until it starts)."""
+        return WorkerState.LOADING if self.heartbeat is None else self.heartbeat.state
+
+    def _served(self, error: redis.RedisError | None) -> None:
+        """After each round of the serving loop: stalled while Redis errors last, else ready
+        (a draining heartbeat stays draining)."""
+        if self.heartbeat is None or self._stopping.is_set():
+            return
+        info = self.heartbeat.info
+        state = WorkerState.READY if error is None else WorkerState.STALLED
+        queue_error = None if error is None else f"{type(error).__name__}: {error}"
+        if (info.state, info.queue_error) != (state, queue_error):
+            self.heartbeat.show(info.model_copy(update={"state": state,
+                                                        "queue_error": queue_error}))
+
+    def _info(self, metrics_port: int, loaded: LoadedModel | None = None) -> WorkerInfo:
+        """What the heartbeat tells the gateway: while the model loads (no ``loaded``) no
+        schedules, samplers or size yet; once it is ``loaded``, ready with all of them."""
         defaults = model_defaults(self.model)
         guidance = defaults.guidance_scale or DEFAULT_GUIDANCE
-        default = bank.default_schedule(guidance)
-        return WorkerInfo(
+        info = WorkerInfo(
             worker_id=self.worker_id,
+            state=WorkerState.LOADING,
             model=self.model,
-            model_key=loaded.key,
-            device=str(loaded.device),
-            schedules=bank.schedules,
-            default_schedule=default.name if default else None,
+            model_key=self.model_key,
+            device=self.settings.device,
             default_steps=defaults.num_inference_steps or self.settings.default_sampler_steps,
             default_guidance_scale=guidance,
-            schedulers=bank.names,
-            width=width,
-            height=height,
             max_batch_size=self.settings.max_batch_size,
             metrics_port=metrics_port,
             pid=os.getpid(),
@@ -139,20 +167,34 @@ class Worker:
             started_at=now(),
             version=__version__,
         )
+        if loaded is None:
+            return info
+        bank = loaded.engine.bank
+        width, height = loaded.engine.native_size
+        default = bank.default_schedule(guidance)
+        return info.model_copy(update={
+            "state": WorkerState.READY, "model_key": loaded.key, "device": str(loaded.device),
+            "schedules": bank.schedules, "default_schedule": default.name if default else None,
+            "schedulers": bank.names, "width": width, "height": height,
+        })
 
     def stop(self) -> None:
-        """Ask the loop to stop after the running batch."""
+        """Ask the loop to stop after the running batch; the heartbeat says draining."""
         self._stopping.set()
+        if self.heartbeat is not None:
+            self.heartbeat.drain()
 
     def run(self) -> None:
         """Serve until ``stop`` (after ``prepare``)."""
         self.loop.run()
 
     def close(self) -> None:
-        """Stop the result thread, the heartbeat (the gateway stops routing here) and the
-        metrics server."""
+        """Stop the result and preview threads, the heartbeat (the gateway stops routing here)
+        and the metrics server."""
         if isinstance(self.results, ResultStage):
             self.results.close()
+        if self.previews is not None:
+            self.previews.close()
         if self.heartbeat is not None:
             self.heartbeat.stop()
         if self.metrics_server is not None:

@@ -49,6 +49,7 @@ class ResultWriter:
         if stored_at is not None and self.on_stored is not None:
             self.on_stored(len(results), stored_at)
         self.leases.release(result.job for result in results)
+        self.metrics.images.inc(sum(len(result.images) for result in results))
         for result in results:
             self._observe(result.timings)
 

@@ -2,9 +2,8 @@
 
 Every format carries two things:
 
-* the AUTOMATIC1111 "infotext" that A1111, Civitai and most image viewers parse: the prompt
-  line, a ``Negative prompt:`` line, then ``Steps: .., Sampler: .., CFG scale: .., Seed: ..,
-  Size: WxH, Model: ..``. PNG: the text chunk ``parameters``; JPEG and WebP: the EXIF
+* the AUTOMATIC1111 "infotext" that A1111, Civitai and most image viewers parse
+  (``olss_core.image_parameters``). PNG: the text chunk ``parameters``; JPEG and WebP: the EXIF
   ``UserComment`` (``UNICODE`` prefix, UTF-16BE, as A1111 writes it).
 * the full ``ImageParameters`` JSON: PNG text chunk ``olss-parameters``; JPEG and WebP: an XMP
   packet (``olss:parameters``), whose ``dc:description`` holds the infotext too.
@@ -16,15 +15,14 @@ before the infotext (their ``parameters`` chunk held the JSON).
 from __future__ import annotations
 
 import io
-import json
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape, quoteattr
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from olss_core.protocol import JobSpec
+from olss_core.image_parameters import ImageParameters
 
 PNG_INFOTEXT_KEY = "parameters"
 PNG_PARAMETERS_KEY = "olss-parameters"
@@ -35,65 +33,6 @@ UNICODE_PREFIX = b"UNICODE\x00"
 """EXIF UserComment character code for UTF-16 text (EXIF 2.32, 4.6.5; big-endian as A1111)."""
 XMP_NAMESPACE = "urn:olss-serve:parameters:1"
 RDF_NAMESPACE = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
-A1111_SAMPLERS = {
-    "olss": "OLSS", "dpmsolver++": "DPM++ 2M", "unipc": "UniPC", "ddim": "DDIM",
-    "euler": "Euler",
-}
-"""A1111's display name of each sampler a request may name."""
-
-
-class ImageParameters(BaseModel):
-    """What made one image."""
-
-    model: str
-    prompt: str
-    negative_prompt: str | None
-    seed: int
-    steps: int
-    guidance_scale: float
-    width: int
-    height: int
-    scheduler: str
-    schedule: str | None
-    job_id: str
-
-    @classmethod
-    def of(cls, spec: JobSpec, index: int, schedule: str | None, job_id: str) -> ImageParameters:
-        return cls(
-            model=spec.model,
-            prompt=spec.prompt,
-            negative_prompt=spec.negative_prompt,
-            seed=spec.seeds[index],
-            steps=spec.steps,
-            guidance_scale=spec.guidance_scale,
-            width=spec.width,
-            height=spec.height,
-            scheduler=spec.scheduler,
-            schedule=schedule,
-            job_id=job_id,
-        )
-
-    def infotext(self) -> str:
-        """The parameters in A1111's infotext format (values with ``,:`` or newlines quoted)."""
-        fields = {
-            "Steps": self.steps,
-            "Sampler": A1111_SAMPLERS.get(self.scheduler, self.scheduler),
-            "CFG scale": f"{self.guidance_scale:g}",
-            "Seed": self.seed,
-            "Size": f"{self.width}x{self.height}",
-            "Model": self.model,
-        }
-        if self.schedule:
-            fields["OLSS schedule"] = self.schedule
-        lines = [self.prompt]
-        if self.negative_prompt:
-            lines.append(f"Negative prompt: {self.negative_prompt}")
-        lines.append(", ".join(f"{key}: {_quote(str(value))}" for key, value in fields.items()))
-        return "\n".join(lines)
-
-
-def _quote(value: str) -> str:
-    return json.dumps(value) if any(c in value for c in ",:\n") else value
 
 
 def _xmp(parameters: ImageParameters) -> bytes:

@@ -10,7 +10,12 @@ import secrets
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import (
+    HTTPAuthorizationCredentials,
+    HTTPBasic,
+    HTTPBasicCredentials,
+    HTTPBearer,
+)
 from redis.asyncio import Redis
 
 from app.auth import Caller
@@ -19,6 +24,7 @@ from app.event_hub import EventHub
 from app.fleet import FleetView
 from app.notifier import FinishNotifier
 from app.queue import JobQueue
+from app.submission import JobService
 from olss_core.metrics import GatewayMetrics
 from olss_core.settings import Settings
 
@@ -69,20 +75,56 @@ bearer = HTTPBearer(auto_error=False, scheme_name="bearer", description="one of 
 """The OpenAPI security scheme; ``app.openapi`` drops it when no key is configured."""
 
 
+basic = HTTPBasic(auto_error=False, scheme_name="basic",
+                  description="any user name, one of OLSS_API_KEYS as the password (A1111 API)")
+"""A1111's ``--api-auth`` scheme, which its clients (``webuiapi``) send; only its routes take it."""
+
+
+def _caller(settings: Settings, token: str, how: str) -> Caller:
+    if not settings.api_keys:
+        return Caller()
+    valid = any(
+        secrets.compare_digest(token.encode(), key.encode()) for key in settings.api_keys
+    )
+    if not valid:
+        raise Unauthorized(f"missing or wrong API key: send {how}")
+    return Caller(token)
+
+
 async def require_api_key(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None,
 ) -> Caller:
     """The caller when ``OLSS_API_KEYS`` is set (401 if the key is missing or wrong)."""
-    if not settings.api_keys:
-        return Caller()
     token = credentials.credentials.strip() if credentials else ""
-    valid = any(
-        secrets.compare_digest(token.encode(), key.encode()) for key in settings.api_keys
-    )
-    if not valid:
-        raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>'")
-    return Caller(token)
+    return _caller(settings, token, "'Authorization: Bearer <key>'")
+
+
+async def require_a1111_key(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)] = None,
+    login: Annotated[HTTPBasicCredentials | None, Depends(basic)] = None,
+) -> Caller:
+    """``require_api_key`` that also takes the key as a Basic password (A1111's API auth)."""
+    if credentials is not None:
+        return await require_api_key(settings, credentials)
+    token = login.password if login else ""
+    return _caller(settings, token, "'Authorization: Bearer <key>' or the key as the password")
 
 
 CallerDep = Annotated[Caller, Depends(require_api_key)]
+A1111CallerDep = Annotated[Caller, Depends(require_a1111_key)]
+
+
+def job_service(request: Request, caller: Caller) -> JobService:
+    """The submit-and-wait path (``app.submission``) for ``caller``."""
+    state = request.app.state
+    return JobService(state.settings, state.redis, state.redis_bytes, state.queue, state.fleet,
+                      state.notifier, caller)
+
+
+async def _job_service(request: Request, caller: CallerDep) -> JobService:
+    return job_service(request, caller)
+
+
+JobServiceDep = Annotated[JobService, Depends(_job_service)]

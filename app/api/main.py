@@ -3,9 +3,21 @@
 from fastapi import APIRouter
 from fastapi.routing import APIRoute
 
-from app.api.routes import docs, generate, health, info, jobs, metrics
+from app.api.routes import (
+    a1111,
+    docs,
+    generate,
+    health,
+    info,
+    jobs,
+    metrics,
+    openai_images,
+    signed_images,
+)
 
-ROUTERS = tuple(module.router for module in (generate, jobs, health, info, metrics, docs))
+ROUTERS = tuple(module.router for module in (
+    generate, jobs, health, info, metrics, docs, openai_images, a1111, signed_images,
+))
 api_router = APIRouter()
 for router in ROUTERS:
     api_router.include_router(router)

@@ -17,5 +17,8 @@ def test_metrics_use_route_templates_and_sample_queue_depth(
     bucket = 'olss_request_duration_seconds_bucket{endpoint="/generate",le="0.25",status="202"}'
     assert bucket in text
     assert 'endpoint="/jobs/{job_id}"' in text and "0123456789abcdef" not in text
-    assert "olss_queue_depth 3.0" in text
-    assert "olss_workers 1.0" in text
+    model = registered_worker.model_key
+    assert f'olss_queue_depth{{model="{model}"}} 3.0' in text
+    assert f'olss_workers{{model="{model}"}} 1.0' in text
+    assert f'olss_fleet_workers{{model="{model}",state="ready"}} 1.0' in text
+    assert "_created" not in text

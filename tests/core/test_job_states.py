@@ -10,13 +10,13 @@ import typing
 
 import pytest
 import redis
-from redis.asyncio import Redis as AsyncRedis
 
 from app.queue import JobQueue
 from olss_core import job_scripts
 from olss_core.job_states import TRANSITIONS, JobStatus, Transition, allowed
 from olss_core.keys import job_key
 from olss_core.protocol import JobRecord, JobSpec, Timings
+from olss_core.redis_clients import RedisTarget, async_client
 from olss_core.samplers import SCHEDULER_NAMES, SchedulerName
 from olss_core.settings import Settings
 from tests.support.redis_db import unit_settings
@@ -38,7 +38,7 @@ def status(db: redis.Redis, job_id: str) -> JobStatus | None:
 def run(coroutine_factory: typing.Callable[[JobQueue], typing.Awaitable[object]],
         settings: Settings) -> object:
     async def main() -> object:
-        client = AsyncRedis.from_url(settings.redis_url, decode_responses=True)
+        client = async_client(RedisTarget.of(settings), max_connections=4, pool_timeout_s=5)
         try:
             return await coroutine_factory(JobQueue(client, settings))
         finally:

@@ -39,6 +39,7 @@ TEST_GRAFANA_PASSWORD = "test-grafana-password"
 
 # Grafana's global variables, replaced by a value of the same kind before promtool parses.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h"}
+_LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.+),\s*(?P<label>[A-Za-z_]\w*)\)$")
 
 # PromQL words that are neither functions (always followed by "(") nor series names.
 _KEYWORDS = {
@@ -188,9 +189,34 @@ def alert_rules() -> list[dict[str, Any]]:
     return [rule for group in groups for rule in group["rules"] if "alert" in rule]
 
 
-def with_grafana_variables_filled(expr: str) -> str:
+@dataclass(frozen=True)
+class TemplateVariable:
+    """A dashboard variable filled from Prometheus: ``label_values(selector, label)``."""
+
+    name: str
+    selector: str
+    label: str
+    all_value: str
+
+
+def template_variables(dashboard: dict[str, Any]) -> list[TemplateVariable]:
+    variables = []
+    for variable in dashboard["templating"]["list"]:
+        match = _LABEL_VALUES.match(variable["definition"])
+        assert match, f"${variable['name']}: not label_values(...): {variable['definition']}"
+        variables.append(TemplateVariable(variable["name"], match["selector"], match["label"],
+                                          variable["allValue"]))
+    return variables
+
+
+def with_grafana_variables_filled(expr: str, values: dict[str, str] | None = None) -> str:
+    """``expr`` with Grafana's global variables and the dashboard's (``values`` by name,
+    "All" for the others) replaced as Grafana replaces them."""
     for variable, value in GRAFANA_VARIABLES.items():
         expr = expr.replace(variable, value)
+    for variable in template_variables(load_dashboard()):
+        expr = expr.replace(f"${variable.name}",
+                            (values or {}).get(variable.name, variable.all_value))
     return expr
 
 

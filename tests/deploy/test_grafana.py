@@ -21,6 +21,7 @@ from tests.deploy.deploy_files import (
     promtool,
     published_ports,
     run_tool,
+    template_variables,
     with_grafana_variables_filled,
 )
 
@@ -121,7 +122,7 @@ def test_latency_quantiles_come_from_summed_bucket_rates(
     for quantile in QUANTILES:
         wanted = re.compile(
             rf"histogram_quantile\({re.escape(quantile)}, sum by \({grouping}\) "
-            rf"\(rate\({histogram}_bucket\[\$__rate_interval\]\)\)\)"
+            rf"\(rate\({histogram}_bucket(\{{[^{{}}]*\}})?\[\$__rate_interval\]\)\)\)"
         )
         assert any(wanted.search(q) for q in queries), f"no p{quantile} of {histogram}"
 
@@ -135,7 +136,7 @@ def test_dashboard_shows_throughput_queue_workers_batches_errors_and_the_slo(
     assert "olss_queue_depth" in joined and "olss_workers" in joined
     assert "olss_batch_size_bucket" in joined or "olss_batch_size_sum" in joined
     assert any("by (status)" in q and "olss_request_duration_seconds_count" in q for q in queries)
-    slo = [q for q in queries if re.search(r'olss_job_e2e_seconds_bucket\{le=~?"[^"]*"\}', q)]
+    slo = [q for q in queries if re.search(r'olss_job_e2e_seconds_bucket\{le=~?"[^"]*"[,}]', q)]
     assert slo and all("olss_job_e2e_seconds_count" in q for q in slo)
 
 
@@ -159,3 +160,44 @@ def test_provisioning_and_home_dashboard_reach_the_json(grafana_service: dict[st
         assert host_path(grafana_service, provider["options"]["path"]) == DASHBOARD.parent
     home = grafana_service["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert host_path(grafana_service, home) == DASHBOARD
+
+
+# Series each worker exports with a model label, and the gateway's per-model gauges.
+WORKER_SERIES = re.compile(
+    r"olss_(job_\w+_seconds|batch_size|jobs_total|images_total|jobs_in_flight|worker_state"
+    r"|device_memory_used_bytes)\w*"
+)
+GATEWAY_MODEL_SERIES = re.compile(r"olss_(queue_depth|queue_lag|workers|fleet_workers)\b")
+
+
+def test_the_model_and_instance_variables_come_from_exported_series(
+    dashboard: dict[str, Any],
+) -> None:
+    variables = {v.name: v for v in template_variables(dashboard)}
+    assert set(variables) == {"model", "instance"}
+    assert (variables["model"].label, variables["instance"].label) == ("model", "instance")
+    assert "$model" in variables["instance"].selector  # the workers of the chosen models
+    assert all(v.all_value == ".*" for v in variables.values())
+
+
+def test_every_panel_follows_the_variables(dashboard: dict[str, Any]) -> None:
+    """A worker series is filtered by model and instance, a per-model gauge by model, in every
+    selector of every panel query."""
+    for query in dashboard_queries(dashboard):
+        for match in re.finditer(r"(olss_\w+)(\{[^{}]*\})?", query):
+            name, selector = match.group(1), match.group(2) or ""
+            if WORKER_SERIES.fullmatch(name):
+                assert 'model=~"$model"' in selector and 'instance=~"$instance"' in selector, (
+                    f"{name} in: {query}"
+                )
+            elif GATEWAY_MODEL_SERIES.fullmatch(name):
+                assert 'model=~"$model"' in selector, f"{name} in: {query}"
+
+
+def test_the_fleet_panels_show_states_lag_images_in_flight_memory_and_releases(
+    dashboard: dict[str, Any],
+) -> None:
+    joined = "\n".join(dashboard_queries(dashboard))
+    for series in ("olss_fleet_workers", "olss_queue_lag", "olss_images_total",
+                   "olss_jobs_in_flight", "olss_device_memory_used_bytes", "olss_build_info"):
+        assert series in joined, series

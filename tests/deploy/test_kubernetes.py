@@ -19,6 +19,7 @@ import kubernetes_validate
 import pytest
 
 from olss_core.keys import GROUP, jobs_stream
+from olss_core.redis_clients import RedisTarget
 from olss_core.settings import Settings
 from schedules.registry import model_key
 from tests.deploy.deploy_files import (
@@ -54,6 +55,7 @@ from tests.deploy.k8s_files import (
     selects,
 )
 from workers.embedded_model import resolve_model
+from workers.metrics_server import READY_PATH
 
 # The oldest Kubernetes docs/readme/kubernetes.md claims, and the newest the schemas know.
 KUBERNETES_VERSIONS = ["1.30", kubernetes_validate.latest_version()]
@@ -68,8 +70,12 @@ COMPONENT = "app.kubernetes.io/component"
 # Single-node clusters (kind, minikube): ReadWriteOnce volumes are shared by the node's pods.
 SINGLE_NODE = {"overlays/cpu"}
 CPU_ONLY = {"overlays/cpu"}
-# Where Redis runs in the namespace (overlays/external-redis takes it from a Secret).
-IN_CLUSTER_REDIS = [root for root in applied_roots() if root.name != "external-redis"]
+# Where Redis runs in the namespace (these overlays take it from a Secret).
+EXTERNAL_REDIS = {"external-redis", "redis-cluster", "redis-sentinel"}
+IN_CLUSTER_REDIS = [root for root in applied_roots() if root.name not in EXTERNAL_REDIS]
+# KEDA's trigger for each Redis topology the settings name (olss_core.redis_clients).
+TRIGGER_OF_TOPOLOGY = {"standalone": "redis-streams", "cluster": "redis-cluster-streams",
+                       "sentinel": "redis-sentinel-streams"}
 
 
 @pytest.fixture(scope="module", params=applied_roots(), ids=lambda p: p.name)
@@ -285,9 +291,10 @@ def test_worker_probes_and_scrape_annotations_name_its_metrics_port(
         container = only_container(template)
         settings = settings_of(rendering, worker, monkeypatch)
         assert settings.worker_metrics_host == "0.0.0.0"
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        for probe, path in (("startupProbe", READY_PATH), ("readinessProbe", READY_PATH),
+                            ("livenessProbe", "/metrics")):
             get = container[probe]["httpGet"]
-            assert get["path"] == "/metrics"
+            assert get["path"] == path, probe
             assert port_number(container, get["port"]) == settings.worker_metrics_port
         annotations = template["metadata"].get("annotations", {})
         if "prometheus.io/port" in annotations:
@@ -302,11 +309,14 @@ def test_every_worker_deployment_has_one_scaled_object(rendering: Rendering) -> 
     assert sorted(targets) == sorted(w["metadata"]["name"] for w in workers(rendering))
 
 
-def test_scaled_objects_use_the_lag_of_a_redis_stream(rendering: Rendering) -> None:
-    for scaled, _ in scaled_targets(rendering):
+def test_scaled_objects_use_the_lag_of_a_redis_stream(
+    rendering: Rendering, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for scaled, deployment in scaled_targets(rendering):
         assert scaled["apiVersion"] == KEDA_API
         trigger = the_trigger(scaled)
-        assert trigger["type"] == "redis-streams"
+        topology = RedisTarget.of(settings_of(rendering, deployment, monkeypatch)).kind
+        assert trigger["type"] == TRIGGER_OF_TOPOLOGY[topology], rendering.name
         assert int(trigger["metadata"]["lagCount"]) >= 1
         assert int(trigger["metadata"]["activationLagCount"]) >= 0
         spec = scaled["spec"]
@@ -410,10 +420,9 @@ def test_only_olss_pods_and_keda_reach_redis(root: Path) -> None:
     assert {"kubernetes.io/metadata.name": "keda"} in namespaces
 
 
-def test_external_redis_comes_from_one_secret(
-    overlay: dict[str, Rendering], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    rendering = overlay["external-redis"]
+@pytest.mark.parametrize("name", sorted(EXTERNAL_REDIS))
+def test_external_redis_comes_from_one_secret(overlay: dict[str, Rendering], name: str) -> None:
+    rendering = overlay[name]
     assert rendering.of_kind("StatefulSet") == []
     secrets = set()
     for workload in [gateway(rendering), *workers(rendering)]:
@@ -425,7 +434,37 @@ def test_external_redis_comes_from_one_secret(
         assert "address" not in trigger["metadata"]
         auth = rendering.get("TriggerAuthentication", trigger["authenticationRef"]["name"])
         refs = {ref["parameter"]: ref["name"] for ref in auth["spec"]["secretTargetRef"]}
-        assert "address" in refs and set(refs.values()) == secrets
+        assert "password" in refs and set(refs.values()) == secrets
+        # Where KEDA connects: the server's address or the cluster's nodes from the Secret,
+        # the Sentinels' addresses in the trigger (the ones the services are given).
+        found_by = {"external-redis": "address", "redis-cluster": "addresses"}.get(name)
+        assert found_by is None or found_by in refs, refs
+        assert (found_by is None) == ("addresses" in trigger["metadata"])
+
+
+def test_a_cluster_overlay_makes_every_process_a_cluster_client(
+    overlay: dict[str, Rendering], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rendering = overlay["redis-cluster"]
+    for workload in [gateway(rendering), *workers(rendering)]:
+        settings = settings_of(rendering, workload, monkeypatch)
+        assert RedisTarget.of(settings).kind == "cluster", workload["metadata"]["name"]
+    for scaled, _ in scaled_targets(rendering):
+        assert "databaseIndex" not in the_trigger(scaled)["metadata"]  # a cluster has only 0
+
+
+def test_the_sentinel_overlay_gives_keda_the_services_sentinels(
+    overlay: dict[str, Rendering], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rendering = overlay["redis-sentinel"]
+    for scaled, deployment in scaled_targets(rendering):
+        settings = settings_of(rendering, deployment, monkeypatch)
+        metadata = the_trigger(scaled)["metadata"]
+        assert metadata["addresses"].split(",") == settings.redis_sentinels
+        assert metadata["sentinelMaster"] == settings.redis_sentinel_master
+    for workload in [gateway(rendering), *workers(rendering)]:
+        settings = settings_of(rendering, workload, monkeypatch)
+        assert RedisTarget.of(settings).kind == "sentinel", workload["metadata"]["name"]
 
 
 # -- monitoring ---------------------------------------------------------------------------------

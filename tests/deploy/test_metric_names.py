@@ -21,6 +21,7 @@ from packaging.utils import canonicalize_name
 from prometheus_client.parser import text_string_to_metric_families
 
 from olss_cli.dev_redis import start_local_redis
+from olss_core import __version__
 from tests.deploy.deploy_files import (
     alert_rules,
     dashboard_queries,
@@ -42,10 +43,10 @@ PROJECT_PACKAGES = {"olss_core", "olss_cli", "app"}
 PROMETHEUS_SERIES = {"up"}
 TARGET_LABELS = {"job", "instance", "__name__"}
 SERIES_SUFFIXES = {
-    "counter": ("_total", "_created"),
+    "counter": ("_total",),
     "gauge": ("",),
-    "histogram": ("_bucket", "_sum", "_count", "_created"),
-    "summary": ("", "_sum", "_count", "_created"),
+    "histogram": ("_bucket", "_sum", "_count"),
+    "summary": ("", "_sum", "_count"),
 }
 
 # A sitecustomize module for the gateway process: it makes the top-level modules of every
@@ -89,6 +90,7 @@ def modules_absent_from_the_gateway_image() -> set[str]:
 class Stack:
     gateway_url: str
     worker_metrics_url: str
+    model: str
     gateway_pid: int
     gateway_restricted_pid: int | None
 
@@ -129,7 +131,8 @@ def stack(tiny_pipeline_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             assert response.content.startswith(b"\x89PNG")
             marker = tmp / "absent-modules.txt.loaded"
             restricted_pid = int(marker.read_text()) if marker.exists() else None
-            yield Stack(gateway.url, worker.metrics_url, gateway.process.pid, restricted_pid)
+            yield Stack(gateway.url, worker.metrics_url, worker.info.model_key,
+                        gateway.process.pid, restricted_pid)
     finally:
         if redis_server is not None:
             redis_server.terminate()
@@ -162,12 +165,22 @@ class Exported:
 
 
 @pytest.fixture(scope="module")
-def exported(stack: Stack) -> Exported:
-    found = Exported()
-    for url in (f"{stack.gateway_url}/metrics", stack.worker_metrics_url):
+def pages(stack: Stack) -> dict[str, str]:
+    """The /metrics text of the gateway and of the worker."""
+    texts = {}
+    for name, url in (("gateway", f"{stack.gateway_url}/metrics"),
+                      ("worker", stack.worker_metrics_url)):
         response = httpx.get(url, timeout=10)
         assert response.status_code == 200, url
-        found.add(response.text)
+        texts[name] = response.text
+    return texts
+
+
+@pytest.fixture(scope="module")
+def exported(pages: dict[str, str]) -> Exported:
+    found = Exported()
+    for text in pages.values():
+        found.add(text)
     return found
 
 
@@ -240,3 +253,33 @@ def test_status_labels_are_http_codes_for_the_5xx_queries(exported: Exported) ->
 def test_workers_export_every_inference_stage(exported: Exported) -> None:
     stages = exported.values[("olss_job_inference_seconds_bucket", "stage")]
     assert {"encode", "denoise", "decode", "total"} <= stages
+
+
+def test_no_created_series_are_exported(pages: dict[str, str]) -> None:
+    for name, text in pages.items():
+        assert "_created" not in text, name
+
+
+def test_worker_series_carry_the_served_model_only(stack: Stack, pages: dict[str, str]) -> None:
+    worker = Exported()
+    worker.add(pages["worker"])
+    for series, labels in worker.labels.items():
+        if series == "olss_build_info":
+            continue
+        assert "model" in labels, series
+        assert worker.values[(series, "model")] == {stack.model}, series
+
+
+def test_fleet_series_are_exported_per_model_and_state(
+    stack: Stack, exported: Exported
+) -> None:
+    for series in ("olss_queue_depth", "olss_queue_lag", "olss_workers"):
+        assert exported.values[(series, "model")] == {stack.model}, series
+    assert exported.values[("olss_fleet_workers", "state")] == {
+        "loading", "calibrating", "ready", "draining", "stalled"
+    }
+    states = exported.values[("olss_worker_state", "state")]
+    assert states == exported.values[("olss_fleet_workers", "state")]
+    for series in ("olss_images_total", "olss_jobs_in_flight", "olss_device_memory_used_bytes"):
+        assert series in exported.series, series
+    assert exported.values[("olss_build_info", "version")] == {__version__}

@@ -1,9 +1,11 @@
 """A real Prometheus checks the dashboard and the alerts against a live gateway and worker.
 
 Debian's ``prometheus`` server scrapes a gateway and a tiny-model worker on loopback every
-second, with the alert rules of docker/prometheus/alerts.yml loaded. After some traffic, every
-dashboard panel query must return data through Prometheus's HTTP API, every alert rule must
-evaluate without error, and every series an alert reads must exist.
+second, with the alert rules of docker/prometheus/alerts.yml loaded. After some traffic, the
+dashboard's variables must list the live model and worker (as Grafana's ``label_values`` asks
+Prometheus's series API), every panel query must return data through Prometheus's HTTP API with
+the variables at "All" and at that model and worker, every alert rule must evaluate without
+error, and every series an alert reads must exist.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -24,6 +27,7 @@ from tests.deploy.deploy_files import (
     dashboard_queries,
     load_dashboard,
     series_names,
+    template_variables,
     with_grafana_variables_filled,
 )
 from tests.support.ports import free_port
@@ -51,8 +55,17 @@ def query(prometheus: str, expr: str) -> list[dict]:
     return body["data"]["result"]
 
 
+@dataclass(frozen=True)
+class Live:
+    """The Prometheus's URL, and the values the dashboard's variables can take: the served
+    model and the worker's scrape target."""
+
+    url: str
+    values: dict[str, str]
+
+
 @pytest.fixture(scope="module")
-def prometheus(tiny_pipeline_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def live(tiny_pipeline_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     """A Prometheus scraping a live gateway and worker that have served a few jobs."""
     tmp = tmp_path_factory.mktemp("prometheus-live")
     with clean_db(LIVE_DB):
@@ -60,6 +73,7 @@ def prometheus(tiny_pipeline_dir: Path, tmp_path_factory: pytest.TempPathFactory
                           model=tiny_pipeline_dir, cache_dir=tmp / "cache", log_level="warning")
         with start_worker(env) as worker, start_gateway(env) as gateway:
             shutil.copy(ALERT_RULES, tmp / "alerts.yml")
+            worker_target = worker.metrics_url.removeprefix("http://").split("/")[0]
             config = {
                 "global": {"scrape_interval": f"{SCRAPE_S}s",
                            "evaluation_interval": f"{SCRAPE_S}s"},
@@ -67,9 +81,7 @@ def prometheus(tiny_pipeline_dir: Path, tmp_path_factory: pytest.TempPathFactory
                 "scrape_configs": [
                     {"job_name": "gateway",
                      "static_configs": [{"targets": [gateway.url.removeprefix("http://")]}]},
-                    {"job_name": "worker", "static_configs": [
-                        {"targets": [worker.metrics_url.removeprefix("http://").split("/")[0]]}
-                    ]},
+                    {"job_name": "worker", "static_configs": [{"targets": [worker_target]}]},
                 ],
             }
             (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -91,7 +103,7 @@ def prometheus(tiny_pipeline_dir: Path, tmp_path_factory: pytest.TempPathFactory
                     assert time.monotonic() < deadline, "Prometheus never scraped both targets"
                     time.sleep(0.5)
                 time.sleep(5 * SCRAPE_S)  # rate() needs several samples in its window
-                yield url
+                yield Live(url, {"model": worker.info.model_key, "instance": worker_target})
             finally:
                 server.terminate()
                 server.wait(timeout=30)
@@ -105,12 +117,37 @@ def _targets(url: str) -> list[dict]:
     return active or [{"health": "unknown"}]
 
 
+def label_values(url: str, selector: str, label: str) -> set[str]:
+    """What Grafana's ``label_values(selector, label)`` lists: the label's values on the
+    series the selector matches (Prometheus's series API)."""
+    response = httpx.get(f"{url}/api/v1/series", params={"match[]": selector}, timeout=10)
+    body = response.json()
+    assert body["status"] == "success", f"{selector}: {body}"
+    return {series[label] for series in body["data"] if label in series}
+
+
+def test_the_variables_list_the_live_model_and_worker(live: Live) -> None:
+    for variable in template_variables(load_dashboard()):
+        selector = with_grafana_variables_filled(variable.selector)
+        listed = label_values(live.url, selector, variable.label)
+        assert listed == {live.values[variable.name]}, (variable.name, listed)
+
+
 @pytest.mark.parametrize("expr", dashboard_queries(load_dashboard()))
-def test_every_dashboard_query_returns_data(prometheus: str, expr: str) -> None:
-    assert query(prometheus, with_grafana_variables_filled(expr)), f"no data for: {expr}"
+def test_every_dashboard_query_returns_data(live: Live, expr: str) -> None:
+    assert query(live.url, with_grafana_variables_filled(expr)), f"no data at All: {expr}"
+    chosen = with_grafana_variables_filled(expr, live.values)
+    assert query(live.url, chosen), f"no data for {live.values}: {chosen}"
 
 
-def test_every_alert_rule_evaluates_and_reads_existing_series(prometheus: str) -> None:
+def test_a_model_that_is_not_served_selects_nothing(live: Live) -> None:
+    """The variables filter: another model's value empties the per-model panels."""
+    expr = 'max by (model) (olss_workers{model=~"$model"})'
+    assert query(live.url, with_grafana_variables_filled(expr, {"model": "not-served"})) == []
+
+
+def test_every_alert_rule_evaluates_and_reads_existing_series(live: Live) -> None:
+    prometheus = live.url
     rules = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
     loaded = {rule["name"]: rule for group in rules for rule in group["rules"]}
     for rule in alert_rules():

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import redis
 
 from olss_core.keys import worker_key
 from olss_core.protocol import WorkerInfo
+from olss_core.redis_clients import RedisTarget, sync_client
+from olss_core.settings import Settings
 from tests.support.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -140,7 +141,7 @@ class Gateway(ServiceProcess):
 
 @dataclass
 class Worker(ServiceProcess):
-    redis_url: str = ""
+    redis: RedisTarget = field(default_factory=lambda: RedisTarget(""))
     worker_id: str = ""
     info: WorkerInfo | None = field(default=None)
 
@@ -149,22 +150,27 @@ class Worker(ServiceProcess):
         assert self.info is not None, "wait_ready first"
         return f"http://127.0.0.1:{self.info.metrics_port}/metrics"
 
-    def wait_ready(self, timeout_s: float = WORKER_START_TIMEOUT_S) -> Worker:
-        """Wait for the heartbeat, which a worker sends once warmed up; keep its info."""
-        client = redis.Redis.from_url(self.redis_url, decode_responses=True)
+    def heartbeat(self) -> WorkerInfo | None:
+        """What the worker's heartbeat says now (``None``: no heartbeat)."""
+        client = sync_client(self.redis)
         try:
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline:
-                if not self.alive():
-                    _fail(self, f"exited with {self.process.returncode}")
-                raw = client.get(worker_key(self.worker_id))
-                if raw is not None:
-                    self.info = WorkerInfo.model_validate_json(raw)
-                    return self
-                time.sleep(0.1)
+            raw = client.get(worker_key(self.worker_id))
         finally:
             client.close()
-        _fail(self, f"no heartbeat within {timeout_s} s")
+        return None if raw is None else WorkerInfo.model_validate_json(raw)
+
+    def wait_ready(self, timeout_s: float = WORKER_START_TIMEOUT_S) -> Worker:
+        """Wait for a heartbeat that says ready (loaded and warmed up); keep its info."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive():
+                _fail(self, f"exited with {self.process.returncode}")
+            info = self.heartbeat()
+            if info is not None and info.ready:
+                self.info = info
+                return self
+            time.sleep(0.1)
+        _fail(self, f"no ready heartbeat within {timeout_s} s")
         raise AssertionError("unreachable")
 
 
@@ -183,7 +189,9 @@ def spawn_worker(
     worker_id = worker_id or f"test-worker-{uuid.uuid4().hex[:8]}"
     args = ["worker"] + (["--model", model] if model else [])
     process, log_path = _spawn(args, {**env, "OLSS_WORKER_ID": worker_id}, "worker")
-    return Worker(args, process, log_path, redis_url=env["OLSS_REDIS_URL"], worker_id=worker_id)
+    target = RedisTarget.of(Settings(redis_url=env["OLSS_REDIS_URL"],
+                                     redis_cluster=env.get("OLSS_REDIS_CLUSTER", "false")))
+    return Worker(args, process, log_path, redis=target, worker_id=worker_id)
 
 
 def start_gateway(env: dict[str, str], port: int | None = None) -> Gateway:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from redis.asyncio import Redis as AsyncRedis
-
 from app.queue import JobQueue
 from olss_core.protocol import JobSpec
+from olss_core.redis_clients import RedisTarget, async_client
 from olss_core.settings import Settings
 
 MODEL = "tiny-sd"
@@ -24,10 +23,10 @@ def job_spec(**changes: object) -> JobSpec:
 
 
 def enqueue(settings: Settings, specs: Sequence[JobSpec]) -> list[str]:
-    """Queue ``specs`` in order on the settings' Redis; their job ids."""
+    """Queue ``specs`` in order on the settings' Redis (a server or a cluster); their ids."""
 
     async def run() -> list[str]:
-        client = AsyncRedis.from_url(settings.redis_url, decode_responses=True)
+        client = async_client(RedisTarget.of(settings), max_connections=4, pool_timeout_s=5)
         try:
             queue = JobQueue(client, settings)
             return [(await queue.enqueue(spec)).job_id for spec in specs]

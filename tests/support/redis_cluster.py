@@ -31,14 +31,14 @@ class RedisClusterNodes:
         return f"redis://127.0.0.1:{self.ports[0]}/0"
 
 
-def _binary(name: str) -> str:
+def binary(name: str) -> str:
     path = shutil.which(name)
     if path is None:
         raise RuntimeError(f"{name} is not on PATH (Debian's redis-server package has it)")
     return path
 
 
-def _wait_until_up(port: int, deadline: float) -> None:
+def wait_until_up(port: int, deadline: float) -> None:
     client = redis.Redis(port=port, socket_connect_timeout=0.5)
     try:
         while True:
@@ -74,17 +74,20 @@ def redis_cluster(nodes: int = 3) -> Iterator[RedisClusterNodes]:
         for port in ports:
             node_dir = workdir / str(port)
             node_dir.mkdir()
+            # The bus port is chosen too: the default, port + 10000, is past 65535 for a
+            # free port above 55535, and such a node never starts.
             processes.append(subprocess.Popen(
-                [_binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
-                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                [binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
+                 "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+                 "--cluster-config-file", "nodes.conf",
                  "--save", "", "--appendonly", "no", "--dir", str(node_dir)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             ))
         deadline = time.monotonic() + START_TIMEOUT_S
         for port in ports:
-            _wait_until_up(port, deadline)
+            wait_until_up(port, deadline)
         subprocess.run(
-            [_binary("redis-cli"), "--cluster", "create",
+            [binary("redis-cli"), "--cluster", "create",
              *(f"127.0.0.1:{port}" for port in ports), "--cluster-replicas", "0", "--cluster-yes"],
             check=True, capture_output=True, timeout=START_TIMEOUT_S,
         )

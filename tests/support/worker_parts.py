@@ -17,7 +17,8 @@ def receive_all(lifecycle: JobLifecycle, leases: LeaseTracker) -> list[ClaimedJo
 def jobs_counted(metrics: WorkerMetrics) -> dict[str, float]:
     """``olss_jobs_total`` by status, the statuses that moved only."""
     counts = {}
-    for sample in metrics.jobs.collect()[0].samples:
-        if sample.name == "olss_jobs_total" and sample.value:
-            counts[sample.labels["status"]] = sample.value
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            if sample.name == "olss_jobs_total" and sample.value:
+                counts[sample.labels["status"]] = sample.value
     return counts

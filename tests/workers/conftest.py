@@ -36,4 +36,4 @@ def leases(lifecycle: JobLifecycle) -> LeaseTracker:
 
 @pytest.fixture()
 def metrics() -> WorkerMetrics:
-    return WorkerMetrics.create()
+    return WorkerMetrics.create(MODEL)

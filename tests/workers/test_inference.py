@@ -77,7 +77,7 @@ def test_step_hook_sees_every_step_and_can_stop_the_batch(engine: InferenceEngin
     scheduler = DDIMScheduler.from_config(engine.pipe.scheduler.config)
     seen: list[tuple[int, int]] = []
 
-    def stop_after_two(step: int, total: int) -> bool:
+    def stop_after_two(step: int, total: int, latents: object = None) -> bool:
         seen.append((step, total))
         return step < 2
 

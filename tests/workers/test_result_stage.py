@@ -42,7 +42,7 @@ def serve_loop(
     lifecycle: JobLifecycle, leases: LeaseTracker, engine: Engine, sink: ResultSink,
     stopping: threading.Event | None = None,
 ) -> ServeLoop:
-    runner = BatchRunner(lifecycle, engine, leases, sink, WorkerMetrics.create())
+    runner = BatchRunner(lifecycle, engine, leases, sink, WorkerMetrics.create(lifecycle.model))
     receiver = BatchReceiver(lifecycle, leases, max_entries=8, window=BatchWindow(8, 0))
     return ServeLoop(receiver, runner, lifecycle, leases, 8, stopping or threading.Event())
 

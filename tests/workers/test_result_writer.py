@@ -40,7 +40,7 @@ def stored_image(settings: Settings, job_id: str, index: int) -> bytes:
 
 
 def sample(metrics: WorkerMetrics, name: str, **labels: str) -> float | None:
-    return metrics.registry.get_sample_value(name, labels)
+    return metrics.registry.get_sample_value(name, {"model": metrics.model, **labels})
 
 
 def test_results_are_stored_with_their_timings_and_the_metrics_move(

@@ -12,6 +12,7 @@ from olss_core.job_states import JobStatus
 from olss_core.keys import job_key
 from olss_core.metrics import WorkerMetrics
 from olss_core.protocol import JobRecord
+from olss_core.redis_clients import sync_client
 from olss_core.settings import Settings
 from tests.support.fake_engine import FakeEngine
 from tests.support.ports import free_port
@@ -21,9 +22,8 @@ from workers.batch_window import BatchWindow
 from workers.leases import LeaseTracker
 from workers.lifecycle import JobLifecycle
 from workers.receiver import BatchReceiver
-from workers.redis_client import OUTAGE_BACKOFF, connect
 from workers.result_writer import ResultWriter
-from workers.serve_loop import ServeLoop
+from workers.serve_loop import OUTAGE_BACKOFF, ServeLoop
 
 
 def serve_loop(
@@ -33,7 +33,7 @@ def serve_loop(
     stopping: threading.Event,
     backoff: AbstractBackoff = OUTAGE_BACKOFF,
 ) -> ServeLoop:
-    metrics = WorkerMetrics.create()
+    metrics = WorkerMetrics.create(lifecycle.model)
     runner = BatchRunner(
         lifecycle, engine, leases, ResultWriter(lifecycle, leases, metrics), metrics
     )
@@ -89,7 +89,7 @@ def test_a_redis_outage_drops_the_held_leases_and_backs_off_per_error_in_a_row(
 ) -> None:
     enqueue(settings, [job_spec()])
     leases.hold(lifecycle.read_new(1, block_ms=None))
-    down = connect(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    down = sync_client(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     stopping = threading.Event()
     backoff = CountingBackoff(stopping)
     serve_loop(JobLifecycle(down, settings, MODEL, "worker-a"), leases, FakeEngine(), stopping,

@@ -71,7 +71,8 @@ def test_step_graphs_report_every_step_and_a_loop_graph_once(
                            (GraphMode.LOOP, [(4, 4)])):
         seen: list[tuple[int, int]] = []
 
-        def record(step: int, total: int, seen: list[tuple[int, int]] = seen) -> bool:
+        def record(step: int, total: int, latents: object = None,
+                   seen: list[tuple[int, int]] = seen) -> bool:
             seen.append((step, total))
             return True
 
@@ -85,7 +86,7 @@ def test_the_hook_can_stop_a_graphed_batch(
 ) -> None:
     engine = InferenceEngine(pipe, CPU, mode, BUCKETS)
     with pytest.raises(BatchInterrupted):
-        engine.generate([spec(1)], olss, lambda step, total: False)
+        engine.generate([spec(1)], olss, lambda step, total, latents=None: False)
 
 
 def test_after_warm_up_an_unwarmed_shape_runs_eagerly_and_the_same(

@@ -11,7 +11,7 @@ from tests.support.processes import REPO_ROOT
 PARTS = [
     "workers.batch_progress", "workers.batch_runner", "workers.batching", "workers.engine",
     "workers.fault_injection", "workers.heartbeat", "workers.leases", "workers.lifecycle",
-    "workers.metrics_server", "workers.receiver", "workers.redis_client",
+    "workers.metrics_server", "workers.receiver",
     "workers.result_writer", "workers.results", "workers.serve_loop", "workers.warm_up",
 ]
 

@@ -5,50 +5,32 @@ one image, the image itself. The choice is made before the job is queued, so a r
 reply can satisfy (``Accept: image/png`` with ``num_images: 2``, or with ``output_format:
 webp``) is a 406 that costs no GPU time. A sync client that goes away while it waits cancels
 its job, unless an ``Idempotency-Key`` lets another request wait for the same job.
+
+``webhook`` (with ``webhook_events_filter``, Replicate's names) has the job's events POSTed to a
+URL, sync or async (``app.webhooks``); ``preview`` puts a small picture of the latents in the
+job's ``step`` events (``workers.previews``). Both take the path every protocol shares
+(``app.submission``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
-import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Request
 from fastapi.responses import JSONResponse, Response
 
-from app import jobs
-from app.api.deps import (
-    BytesRedisDep,
-    CallerDep,
-    FleetDep,
-    NotifierDep,
-    QueueDep,
-    RedisDep,
-    SettingsDep,
-)
-from app.errors import (
-    JobCanceled,
-    JobFailed,
-    JobFinished,
-    JobNotFound,
-    NotAcceptable,
-    error_responses,
-)
+from app.api.deps import JobServiceDep
+from app.errors import NotAcceptable, error_responses
 from app.negotiation import JSON, best_match
-from app.queue import Idempotency
 from app.schemas import GenerateRequest, GenerateResult, ImageOut, JobAccepted, JobLinks
-from app.validation import build_job_spec
+from app.submission import CLIENT_CLOSED_REQUEST, Wait
 from olss_core.job_states import JobStatus
 from olss_core.protocol import OUTPUT_FORMATS, JobRecord, OutputFormat
 
 router = APIRouter(tags=["generate"])
-log = logging.getLogger(__name__)
 
 _FORMAT_BY_TYPE: dict[str, OutputFormat] = {v: k for k, v in OUTPUT_FORMATS.items()}
-CLIENT_CLOSED_REQUEST = 499
-"""Status recorded (never received) when a sync client left before its reply (nginx's code)."""
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 REQUEST_EXAMPLES: dict[str, Any] = {
     "default model": {
@@ -58,6 +40,10 @@ REQUEST_EXAMPLES: dict[str, Any] = {
     "two images": {
         "summary": "two images, fixed seed",
         "value": {"prompt": "a handwritten three", "seed": 42, "num_images": 2},
+    },
+    "step previews": {
+        "summary": "a preview in every step event (GET /jobs/{id}/events)",
+        "value": {"prompt": "a handwritten five", "preview": True},
     },
 }
 
@@ -139,13 +125,6 @@ def _json_result(record: JobRecord, images: list[bytes]) -> GenerateResult:
     )
 
 
-async def _watch_disconnect(request: Request, gone: asyncio.Event) -> None:
-    """Sets ``gone`` when the client closes its connection (ASGI ``http.disconnect``)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-    gone.set()
-
-
 def job_links(job_id: str) -> dict[str, Any]:
     """OpenAPI links from a response naming a job (``job_id`` is a runtime expression)."""
     job = {"job_id": job_id}
@@ -174,13 +153,7 @@ def job_links(job_id: str) -> dict[str, Any]:
 async def generate(
     request: Request,
     body: Annotated[GenerateRequest, Body(openapi_examples=REQUEST_EXAMPLES)],
-    settings: SettingsDep,
-    redis: RedisDep,
-    redis_bytes: BytesRedisDep,
-    queue: QueueDep,
-    fleet: FleetDep,
-    notifier: NotifierDep,
-    caller: CallerDep,
+    service: JobServiceDep,
     prefer: Annotated[str | None, Header(description="respond-async for 202 at once")] = None,
     idempotency_key: Annotated[
         str | None,
@@ -196,44 +169,19 @@ async def generate(
         if not wants_async:  # a 202 is JSON whatever Accept says: only its format matters
             raise
         media_type, output_format = JSON, body.output_format or "png"
-    current = await fleet.get()
-    spec = build_job_spec(body, current, settings, output_format)
-    idempotency = (
-        Idempotency.of(idempotency_key, caller.key, f"{body.model_dump_json()} {output_format}")
-        if idempotency_key else None
-    )
-    enqueued = await queue.enqueue(spec, idempotency, caller.owner,
-                                   workers=current.by_model().get(spec.model, []))
-    job_id = enqueued.job_id
-    request.state.job_id = job_id
-    if settings.log_prompts:
-        log.info("job %s prompt %r negative %r", job_id, spec.prompt, spec.negative_prompt)
+    submitted = await service.submit(request, body, output_format, idempotency_key)
+    job_id = submitted.job_id
     if wants_async:
-        status = (await jobs.get_record(redis, job_id, caller)).status if enqueued.existing \
+        status = (await service.record(job_id)).status if submitted.existing \
             else JobStatus.QUEUED
         return accepted(job_id, status, async_applied=True)
-    gone = asyncio.Event()
-    watcher = asyncio.ensure_future(_watch_disconnect(request, gone))
-    try:
-        finished = await notifier.wait(job_id, lambda: jobs.is_finished(redis, job_id),
-                                       settings.sync_timeout_s, abandoned=gone)
-    finally:
-        watcher.cancel()
-    if finished is None:
-        if not (idempotency or enqueued.existing):
-            with contextlib.suppress(JobFinished, JobNotFound):
-                await queue.cancel(job_id)
-            log.info("job %s canceled: its sync client disconnected", job_id)
+    waited = await service.wait(request, submitted)
+    if waited is Wait.GONE:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
-    if not finished:
-        return accepted(job_id, (await jobs.get_record(redis, job_id, caller)).status,
-                        async_applied=False)
-    record, images = await jobs.get_result(redis_bytes, job_id, settings.max_num_images, caller)
-    if record.status is JobStatus.FAILED:
-        raise JobFailed(f"job {job_id} failed: {record.error}")
-    if record.status is JobStatus.CANCELED:
-        raise JobCanceled(f"job {job_id} was canceled")
-    await jobs.delivered(redis, job_id, range(len(images)), settings.delivered_image_ttl_s)
+    if waited is Wait.TIMED_OUT:
+        return accepted(job_id, (await service.record(job_id)).status, async_applied=False)
+    record, images = await service.result(job_id)
+    await service.delivered(job_id, len(images))
     if media_type != JSON:
         return Response(images[0], media_type=record.spec.content_type,
                         headers=_result_headers(record))

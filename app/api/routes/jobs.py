@@ -24,7 +24,7 @@ from app.api.deps import (
 )
 from app.errors import REDIS_STATUSES, JobNotFound, error_responses
 from app.negotiation import EVENT_STREAM, AcceptsJson, require_acceptable
-from app.schemas import CancelResult, JobLinks, JobView, Progress
+from app.schemas import CancelResult, JobView
 from olss_core.job_states import JobStatus
 from olss_core.protocol import OUTPUT_FORMATS
 
@@ -44,18 +44,7 @@ IMAGE_CONTENT = {t: {"schema": {"type": "string", "format": "binary"}}
 async def get_job(job_id: JobId, redis: RedisDep, queue: QueueDep, caller: CallerDep) -> JobView:
     """The job's status, queue position, progress, timings and error."""
     record = await jobs.get_record(redis, job_id, caller)
-    images = record.spec.num_images if record.status is JobStatus.SUCCEEDED else 0
-    return JobView(
-        id=record.id, status=record.status, model=record.model,
-        queue_position=await queue.position(record),
-        progress=Progress(step=record.step, total=record.total_steps),
-        attempts=record.attempts, seed=record.spec.seed, seeds=record.spec.seeds,
-        scheduler=record.spec.scheduler, schedule=record.schedule,
-        created_at=record.created_at, started_at=record.started_at,
-        finished_at=record.finished_at, timings=record.timings,
-        error=record.error, error_type=record.error_type,
-        links=JobLinks.for_job(record.id, images),
-    )
+    return JobView.of(record, await queue.position(record))
 
 
 @router.get(
