@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -154,8 +155,23 @@ class NoWorker(ServiceError):
     error_type = "no_worker"
 
 
+class Calibrating(ServiceError):
+    """Every live worker of the model is calibrating its OLSS schedules at start-up
+    (``workers.self_calibration``); ``Retry-After`` is their estimate."""
+
+    error_type = "calibrating"
+
+
 class RedisUnavailable(ServiceError):
     error_type = "redis_unavailable"
+
+
+class RedisFull(ServiceError):
+    """Redis refuses writes: it reached ``maxmemory`` (compose and Kubernetes run it with
+    ``noeviction``, so it never drops a job to make room). Nothing was written; the request can
+    be sent again once finished jobs expire or an operator makes room."""
+
+    error_type = "redis_full"
 
 
 class JobTimeout(ServiceError):
@@ -179,7 +195,9 @@ STATUS_CODES: dict[type[ServiceError], int] = {
     TooManyStreams: 429,
     JobFailed: 500,
     NoWorker: 503,
+    Calibrating: 503,
     RedisUnavailable: 503,
+    RedisFull: 503,
     JobTimeout: 504,
 }
 HTTP_ERROR_TYPES: dict[int, str] = {
@@ -199,9 +217,13 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     422: "a field outside its limits, an unknown model or a reused Idempotency-Key",
     429: "the queue or the event streams are full: retry after Retry-After seconds",
     500: "the job failed in the worker",
-    503: "Redis is unavailable, or the model has no live worker",
+    503: "Redis is unavailable or full, the model has no live worker, or its workers are "
+    "calibrating its OLSS schedules (retry after Retry-After seconds)",
     504: "the job is still running after OLSS_SYNC_TIMEOUT_S (GET /jobs/{id} follows it)",
 }
+REDIS_FULL_RETRY_AFTER_S = 30
+"""``Retry-After`` of a 503 for a full Redis: room comes back as finished jobs expire."""
+
 REDIS_STATUSES = (503,)
 """What any route that reads Redis can answer besides its own errors."""
 
@@ -343,3 +365,10 @@ def install_error_handlers(app: FastAPI, allowed_methods: Callable[[str], list[s
         log.warning("redis unavailable: %s", error)
         return error_response(RedisUnavailable(f"Redis is unavailable: {error}", retry_after_s=1),
                               request.url.path)
+
+    @app.exception_handler(RedisOutOfMemoryError)
+    async def _redis_full(request: Request, error: Exception) -> JSONResponse:
+        log.error("redis is full (maxmemory), refusing the request: %s", error)
+        full = RedisFull("Redis is out of memory and refuses writes; nothing was queued",
+                         retry_after_s=REDIS_FULL_RETRY_AFTER_S)
+        return error_response(full, request.url.path)

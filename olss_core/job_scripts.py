@@ -52,7 +52,10 @@ def _lua(template: str) -> str:
     )
 
 
-ENQUEUE = _lua("""
+# The shebang makes this a Redis 7 "flagged" script without allow-oom: at maxmemory Redis
+# refuses the whole call with an OOM error before it runs (app.errors maps it to 503). A script
+# without flags would pass that check once its first write (ZREMRANGEBYSCORE) had run.
+ENQUEUE = _lua("""#!lua
 -- enqueue (gateway): a new job record, its queued event and its stream entry, or the job
 -- already made for an idempotency key ('existing'; 'conflict' when that job was made for a
 -- request with another fingerprint), or 'full' past the depth limit.

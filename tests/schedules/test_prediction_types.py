@@ -58,8 +58,9 @@ def olss_and_peer(prediction_type: str, **schedule_config) -> tuple[float, float
 def test_v_prediction_schedules_match_epsilon_ones_within_noise() -> None:
     eps_olss, eps_peer, eps_path = olss_and_peer("epsilon")
     v_olss, v_peer, v_path = olss_and_peer("v_prediction")
-    # The teachers and the peer are the same samplers on the same ODE: equal to rounding.
-    assert v_peer == pytest.approx(eps_peer, rel=1e-6)
+    # The teachers and the peer are the same samplers on the same ODE: equal to float32
+    # rounding (the v <-> epsilon conversions round differently; measured 1.8e-6 relative).
+    assert v_peer == pytest.approx(eps_peer, rel=1e-5)
     # OLSS sees the same span of outputs: the same quality, and here the same path.
     assert v_olss == pytest.approx(eps_olss, rel=0.2), (v_olss, eps_olss)
     assert v_olss / v_peer == pytest.approx(eps_olss / eps_peer, rel=0.2)
