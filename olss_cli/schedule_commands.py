@@ -105,11 +105,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     import torch
-    from diffusers import StableDiffusionPipeline
 
     from schedules.calibration import CalibrationConfig, calibrate, load_prompts
     from schedules.registry import ScheduleRegistry
     from workers.embedded_model import resolve_model
+    from workers.fast_path import read_pipeline
 
     prompts = load_prompts(args.prompts)
     if args.num_prompts is not None:
@@ -126,9 +126,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         prompts = prompts[: args.num_prompts]
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    pipe = StableDiffusionPipeline.from_pretrained(
-        resolve_model(args.model), dtype=dtype, safety_checker=None, requires_safety_checker=False
-    ).to(device)
+    pipe = read_pipeline(resolve_model(args.model), dtype).to(device)
     out = args.out or load_settings().writable_schedule_dir
     given = {
         "num_steps": args.steps,

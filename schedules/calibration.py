@@ -4,6 +4,12 @@
    through the real pipeline with a :class:`~schedules.trajectory.TrajectoryRecorder` as
    ``pipe.scheduler``, at every guidance scale of the grid: the calibration prompts are shared
    out over the grid (round-robin), the held-out prompts run at every scale.
+   The pipeline may be SD 1.x / 2.x (``StableDiffusionPipeline``, the network predicting
+   ``epsilon`` or ``v``) or SDXL (``StableDiffusionXLPipeline``: two encoders, pooled embeddings
+   and micro-conditioning, :class:`AddedConditioning`). OLSS needs no change for ``v``: every
+   teacher step is linear in the sample and the network output, whatever it predicts, so the
+   recorded outputs span the same subspace argument (arXiv:2305.14677, Sec. 3); the schedule
+   records the teacher's ``prediction_type`` and serves only models with that one.
 2. Fit every (step count, guidance scale) on one path per step count with
    :func:`schedules.olss_search.search_guidance_grid`, using the pipeline's own UNet and
    classifier-free guidance as ``model_fn`` (:class:`GuidedModel`), within a budget of model
@@ -71,6 +77,47 @@ def _parse_prompts(text: str) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
+@dataclass(frozen=True)
+class AddedConditioning:
+    """SDXL's ``added_cond_kwargs`` per example (Podell et al., 2023, Sec. 2.2).
+
+    Args:
+        text_embeds: ``(N, projection)`` pooled embeddings of the prompts.
+        negative_text_embeds: the same of the negative prompts (``None`` without guidance).
+        time_ids: ``(N, 6)``: original size, crop top-left, target size of each example.
+    """
+
+    text_embeds: torch.Tensor
+    negative_text_embeds: torch.Tensor | None
+    time_ids: torch.Tensor
+
+    def select(self, index: torch.Tensor) -> AddedConditioning:
+        negative = self.negative_text_embeds
+        return AddedConditioning(
+            self.text_embeds[index],
+            None if negative is None else negative[index],
+            self.time_ids[index],
+        )
+
+    def unet_kwargs(self, start: int, stop: int, guided: bool) -> dict[str, torch.Tensor]:
+        """``added_cond_kwargs`` of examples ``start:stop``, doubled as ``[negative, positive]``
+        when ``guided``."""
+        embeds, time_ids = self.text_embeds[start:stop], self.time_ids[start:stop]
+        if guided and self.negative_text_embeds is not None:
+            embeds = torch.cat([self.negative_text_embeds[start:stop], embeds])
+            time_ids = torch.cat([time_ids, time_ids])
+        return {"text_embeds": embeds, "time_ids": time_ids}
+
+    @staticmethod
+    def cat(parts: Sequence[AddedConditioning]) -> AddedConditioning:
+        negatives = [p.negative_text_embeds for p in parts]
+        return AddedConditioning(
+            torch.cat([p.text_embeds for p in parts]),
+            None if any(n is None for n in negatives) else torch.cat(negatives),  # type: ignore[arg-type]
+            torch.cat([p.time_ids for p in parts]),
+        )
+
+
 class GuidedModel:
     """``model_fn(sample, timestep)``: exactly the guided output the pipeline computes.
 
@@ -78,7 +125,8 @@ class GuidedModel:
     ``cat([x, x])`` with ``cat([uncond, cond])`` embeddings and returns
     ``out_u + g (out_c - out_u)`` (``out_c`` alone without ``uncond``), in chunks of
     ``batch_size`` examples, as float32 on CPU. It counts its evaluations (examples run) and
-    gives the model of a subset of its examples (:meth:`select`).
+    gives the model of a subset of its examples (:meth:`select`). ``added`` is SDXL's added
+    conditioning (``None`` for SD 1.x / 2.x); the output is whatever the network predicts.
     """
 
     def __init__(
@@ -88,20 +136,23 @@ class GuidedModel:
         uncond: torch.Tensor | None,
         guidance_scale: float,
         batch_size: int,
+        added: AddedConditioning | None = None,
     ) -> None:
         self.pipe = pipe
         self.cond = cond
         self.uncond = uncond
         self.guidance_scale = guidance_scale
         self.batch_size = batch_size
+        self.added = added
         self.evaluations = 0
 
     def select(self, index: torch.Tensor) -> GuidedModel:
         """The model of examples ``index`` (a fresh evaluation count)."""
         index = index.to(self.cond.device)
         uncond = None if self.uncond is None else self.uncond[index]
+        added = None if self.added is None else self.added.select(index)
         return GuidedModel(
-            self.pipe, self.cond[index], uncond, self.guidance_scale, self.batch_size
+            self.pipe, self.cond[index], uncond, self.guidance_scale, self.batch_size, added
         )
 
     @torch.no_grad()
@@ -109,16 +160,23 @@ class GuidedModel:
         unet = self.pipe.unet
         outputs = []
         for start in range(0, sample.shape[0], self.batch_size):
-            x = sample[start : start + self.batch_size].to(unet.device, unet.dtype)
-            cond = self.cond[start : start + self.batch_size]
+            stop = start + self.batch_size
+            x = sample[start:stop].to(unet.device, unet.dtype)
+            cond = self.cond[start:stop]
+            guided = self.uncond is not None
+            added = None if self.added is None else self.added.unet_kwargs(start, stop, guided)
             if self.uncond is None:
-                eps = unet(x, timestep, encoder_hidden_states=cond, return_dict=False)[0]
+                eps = unet(
+                    x, timestep, encoder_hidden_states=cond, added_cond_kwargs=added,
+                    return_dict=False,
+                )[0]
             else:
-                uncond = self.uncond[start : start + self.batch_size]
+                uncond = self.uncond[start:stop]
                 both = unet(
                     torch.cat([x, x]),
                     timestep,
                     encoder_hidden_states=torch.cat([uncond, cond]),
+                    added_cond_kwargs=added,
                     return_dict=False,
                 )[0]
                 eps_uncond, eps_cond = both.chunk(2)
@@ -145,7 +203,10 @@ def record_teacher(
 
     Example n starts from ``randn(seed + n)`` (a CPU generator), so its noise does not depend on
     the batching. Each example's condition is its prompt. The pipeline's scheduler is restored
-    afterwards.
+    afterwards. An SDXL pipeline (its ``encode_prompt`` gives pooled embeddings too) is
+    conditioned as the worker serves it: an empty negative prompt is what the pipeline makes of
+    none (zeros with ``force_zeros_for_empty_prompt``), the micro-conditioning is
+    ``(height, width, 0, 0, height, width)``.
     """
     recorder = TrajectoryRecorder(teacher.scheduler)
     original = pipe.scheduler
@@ -153,16 +214,22 @@ def record_teacher(
     cfg = guidance_scale > 1.0
     scale = pipe.vae_scale_factor
     latent_shape = (pipe.unet.config.in_channels, height // scale, width // scale)
-    conds, unconds = [], []
+    conds, unconds, addeds = [], [], []
     pipe.scheduler = recorder
     try:
         batches = range(0, len(prompts), batch_size)
         for start in tqdm(batches, desc=description, disable=not progress):
             batch = list(prompts[start : start + batch_size])
-            with torch.no_grad():
-                cond, uncond = pipe.encode_prompt(
-                    batch, device, 1, cfg, [negative_prompt] * len(batch)
-                )
+            cond, uncond, added = _encode_prompts(
+                pipe, batch, device, cfg, negative_prompt, height, width
+            )
+            pooled: dict[str, Any] = {}
+            if added is not None:
+                pooled = {
+                    "pooled_prompt_embeds": added.text_embeds,
+                    "negative_pooled_prompt_embeds": added.negative_text_embeds,
+                }
+                addeds.append(added)
             noise = torch.stack(
                 [
                     torch.randn(latent_shape, generator=torch.Generator().manual_seed(seed + n))
@@ -177,6 +244,7 @@ def record_teacher(
                 width=width,
                 latents=noise.to(device, cond.dtype),
                 output_type="latent",
+                **pooled,
                 **teacher.run_kwargs(),
             )
             conds.append(cond)
@@ -189,11 +257,41 @@ def record_teacher(
         torch.cat(unconds) if cfg else None,
         guidance_scale,
         batch_size,
+        AddedConditioning.cat(addeds) if addeds else None,
     )
     traj = recorder.trajectories().with_metadata(
         conditions=tuple(prompts), guidance_scale=float(guidance_scale)
     )
     return traj, model_fn
+
+
+def _encode_prompts(
+    pipe: Any,
+    prompts: list[str],
+    device: torch.device,
+    cfg: bool,
+    negative_prompt: str,
+    height: int,
+    width: int,
+) -> tuple[torch.Tensor, torch.Tensor | None, AddedConditioning | None]:
+    """Prompt (and negative) embeddings of ``prompts``, and SDXL's added conditioning."""
+    sdxl = hasattr(pipe, "text_encoder_2")
+    negatives = [negative_prompt] * len(prompts) if negative_prompt or not sdxl else None
+    with torch.no_grad():
+        encoded = pipe.encode_prompt(
+            prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
+            negative_prompt=negatives,
+        )
+    if not sdxl:
+        cond, uncond = encoded
+        return cond, uncond, None
+    cond, uncond, pooled, negative_pooled = encoded
+    time_ids = torch.tensor([(height, width, 0, 0, height, width)], dtype=cond.dtype)
+    added = AddedConditioning(
+        pooled, negative_pooled if cfg else None,
+        time_ids.to(device).repeat(len(prompts), 1),
+    )
+    return cond, uncond, added
 
 
 @dataclass(frozen=True)

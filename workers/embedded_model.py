@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from workers.model_family import ModelFamily, family_of, read_unet_config
+
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 
 #: Embedded model name -> its diffusers folder inside the package.
@@ -40,12 +42,21 @@ def resolve_model(name_or_path: str | None = None) -> str:
 
 
 def model_defaults(name_or_path: str) -> ModelDefaults:
-    """Defaults from the resolved folder's ``olss_defaults.json``; empty when there is none."""
-    path = Path(resolve_model(name_or_path)) / DEFAULTS_FILE
-    if not path.is_file():
+    """Defaults from the resolved folder's ``olss_defaults.json``, else its family's
+    (:mod:`workers.model_family`: SDXL's guidance 5 and 30 steps); SD 1.x and 2.x leave them to
+    the settings, as does a model whose config is not on this machine yet."""
+    source = resolve_model(name_or_path)
+    path = Path(source) / DEFAULTS_FILE
+    if path.is_file():
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return ModelDefaults(
+            guidance_scale=data.get("guidance_scale"),
+            num_inference_steps=data.get("num_inference_steps"),
+        )
+    unet_config = read_unet_config(source)
+    if unet_config is None:
         return ModelDefaults()
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return ModelDefaults(
-        guidance_scale=data.get("guidance_scale"),
-        num_inference_steps=data.get("num_inference_steps"),
-    )
+    family = family_of(unet_config)
+    if family.family is ModelFamily.SD1:
+        return ModelDefaults()
+    return ModelDefaults(family.default_guidance_scale, family.default_steps)

@@ -1,4 +1,5 @@
-"""Device placement and the CUDA fast path for a diffusers Stable Diffusion pipeline.
+"""Device placement and the CUDA fast path for a diffusers Stable Diffusion pipeline (SD 1.x,
+SD 2.x or SDXL: :mod:`workers.model_family`).
 
 Each optimisation is a separate switch so benchmarks can measure each one's effect:
 
@@ -21,7 +22,9 @@ Each optimisation is a separate switch so benchmarks can measure each one's effe
 On CUDA fp16, channels-last and step graphs default to on and ``compile`` to off; on CPU
 everything is off (fp32) except SDPA. cuDNN autotuning (``torch.backends.cudnn.benchmark``) is
 turned on for CUDA in every configuration: the worker serves a few fixed shapes, and its warm-up
-pays the search.
+pays the search. An SDXL VAE whose config says ``force_upcast`` stays in fp32 under ``fp16``
+(it overflows in half precision, as ``StableDiffusionXLPipeline`` knows); the latents are cast to
+it for the decode.
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import AutoPipelineForText2Image, DiffusionPipeline
 
 from workers.attention import ClassicProcessor, SDPAProcessor
+from workers.model_family import pipeline_family
 from workers.served_graphs import GraphMode
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -134,7 +138,7 @@ class FastPathOptions:
         return self.compile or self.cuda_graphs is not GraphMode.OFF
 
 
-def set_attention(pipe: StableDiffusionPipeline, sdpa: bool) -> None:
+def set_attention(pipe: DiffusionPipeline, sdpa: bool) -> None:
     """SDPA attention (``True``) or the classic attention (``False``) in every model of ``pipe``.
 
     diffusers already defaults to SDPA on torch 2, so ``False`` must be set explicitly for a
@@ -143,14 +147,15 @@ def set_attention(pipe: StableDiffusionPipeline, sdpa: bool) -> None:
     processor = SDPAProcessor() if sdpa else ClassicProcessor()
     pipe.unet.set_attn_processor(processor)
     pipe.vae.set_attn_processor(processor)
-    text_encoder = getattr(pipe, "text_encoder", None)
-    if text_encoder is not None and hasattr(text_encoder, "set_attn_implementation"):
-        text_encoder.set_attn_implementation("sdpa" if sdpa else "eager")
+    for name in ("text_encoder", "text_encoder_2"):
+        text_encoder = getattr(pipe, name, None)
+        if text_encoder is not None and hasattr(text_encoder, "set_attn_implementation"):
+            text_encoder.set_attn_implementation("sdpa" if sdpa else "eager")
 
 
 def apply_fast_path(
-    pipe: StableDiffusionPipeline, device: torch.device, options: FastPathOptions
-) -> StableDiffusionPipeline:
+    pipe: DiffusionPipeline, device: torch.device, options: FastPathOptions
+) -> DiffusionPipeline:
     """Move ``pipe`` to ``device`` in the options' dtype and apply the enabled optimisations.
 
     The pipeline is changed in place and returned. Compilation is lazy: it happens on the first
@@ -161,6 +166,8 @@ def apply_fast_path(
         pipe = pipe.to(device=device, dtype=options.dtype)
     else:
         pipe = pipe.to(device)
+    if pipeline_family(pipe).added_conditioning and getattr(pipe.vae.config, "force_upcast", False):
+        pipe.vae.to(dtype=torch.float32)
     set_attention(pipe, options.sdpa)
     memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
     pipe.unet.to(memory_format=memory_format)
@@ -176,7 +183,7 @@ def apply_fast_path(
 COMPILED_SHAPES_LIMIT = 64
 
 
-def compile_models(pipe: StableDiffusionPipeline, options: FastPathOptions) -> None:
+def compile_models(pipe: DiffusionPipeline, options: FastPathOptions) -> None:
     """``torch.compile`` the UNet and the VAE decoder in place (``nn.Module.compile``).
 
     The modules keep their class and config, so the pipeline and diffusers' helpers still see a
@@ -222,15 +229,25 @@ def stop_compiling() -> None:
     torch.compiler.set_stance("eager_on_recompile")
 
 
+def read_pipeline(model: str, dtype: torch.dtype = torch.float32) -> DiffusionPipeline:
+    """A Hugging Face model id or local diffusers folder as its text-to-image pipeline, on CPU.
+
+    ``AutoPipelineForText2Image`` picks the pipeline class of the folder's ``model_index.json``
+    (``StableDiffusionPipeline``, ``StableDiffusionXLPipeline``); a pipeline with a safety
+    checker loads without it. Weights load directly in ``dtype``.
+    """
+    components = DiffusionPipeline.load_config(model)
+    no_checker = (
+        {"safety_checker": None, "requires_safety_checker": False}
+        if "safety_checker" in components
+        else {}
+    )
+    return AutoPipelineForText2Image.from_pretrained(model, dtype=dtype, **no_checker)
+
+
 def load_pipeline(
     model: str, device: torch.device, options: FastPathOptions
-) -> StableDiffusionPipeline:
-    """Load a Hugging Face model id or local diffusers folder and apply the fast path.
-
-    fp16 weights are loaded directly in half precision (``dtype``), so a CUDA worker never
-    holds an fp32 copy.
-    """
-    pipe = StableDiffusionPipeline.from_pretrained(
-        model, dtype=options.dtype, safety_checker=None, requires_safety_checker=False
-    )
-    return apply_fast_path(pipe, device, options)
+) -> DiffusionPipeline:
+    """Load a model (:func:`read_pipeline`) and apply the fast path. fp16 weights are loaded
+    directly in half precision, so a CUDA worker never holds an fp32 copy."""
+    return apply_fast_path(read_pipeline(model, options.dtype), device, options)

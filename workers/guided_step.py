@@ -1,8 +1,11 @@
 """One denoising step of classifier-free guided sampling, as the worker serves it.
 
-A step is the body of ``StableDiffusionPipeline.__call__``'s loop: the UNet on the latents
-doubled (``[x, x]`` against ``[negative, positive]`` embeddings), the guided output
-``eps_u + g (eps_c - eps_u)`` (Ho & Salimans, 2022, eq. 6), then ``scheduler.step``. Each phase
+A step is the body of ``StableDiffusionPipeline.__call__``'s loop (and SDXL's, whose UNet also
+takes the pooled text embeddings and micro-conditioning as ``added_cond_kwargs``): the UNet on the
+latents doubled (``[x, x]`` against ``[negative, positive]`` conditioning), the guided output
+``eps_u + g (eps_c - eps_u)`` (Ho & Salimans, 2022, eq. 6), then ``scheduler.step``. The rule is
+linear in the network output, so it guides ``v`` (SD 2.x's 768 models) as it guides ``eps``; the
+scheduler reads its ``prediction_type``. Each phase
 runs under a ``torch.profiler.record_function`` range (:data:`PHASES`), so a profile splits a
 step into UNet, guidance arithmetic and scheduler work; outside a profile a range costs about a
 microsecond.
@@ -20,6 +23,7 @@ from diffusers import SchedulerMixin, UNet2DConditionModel
 from torch.profiler import record_function
 
 from workers.stage_timer import STAGE_RANGE_PREFIX
+from workers.text_encoding import Conditioning
 
 UNET_PHASE = STAGE_RANGE_PREFIX + "unet"
 GUIDANCE_PHASE = STAGE_RANGE_PREFIX + "guidance"
@@ -30,7 +34,7 @@ PHASES = (UNET_PHASE, GUIDANCE_PHASE, SCHEDULER_PHASE)
 
 @dataclass(frozen=True)
 class GuidedStep:
-    """``step(latents, t, embeds) -> latents`` for one UNet and scheduler.
+    """``step(latents, t, cond) -> latents`` for one UNet and scheduler.
 
     Args:
         unet: the pipeline's UNet (compiled or not).
@@ -48,7 +52,7 @@ class GuidedStep:
     extra_step_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     def __call__(
-        self, latents: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor
+        self, latents: torch.Tensor, t: torch.Tensor, cond: Conditioning
     ) -> torch.Tensor:
         guided = self.guidance_scale is not None
         with record_function(UNET_PHASE):
@@ -57,8 +61,9 @@ class GuidedStep:
             noise_pred = self.unet(
                 model_input,
                 t,
-                encoder_hidden_states=embeds,
+                encoder_hidden_states=cond.hidden,
                 timestep_cond=self.timestep_cond,
+                added_cond_kwargs=cond.added_cond_kwargs,
                 return_dict=False,
             )[0]
         if guided:
@@ -72,12 +77,12 @@ class GuidedStep:
 
 
 def run_steps(
-    step: GuidedStep, latents: torch.Tensor, embeds: torch.Tensor, steps: range
+    step: GuidedStep, latents: torch.Tensor, cond: Conditioning, steps: range
 ) -> torch.Tensor:
     """Steps ``steps`` (indices into the scheduler's timesteps) from ``latents``."""
     timesteps = step.scheduler.timesteps
     for i in steps:
-        latents = step(latents, timesteps[i], embeds)
+        latents = step(latents, timesteps[i], cond)
     return latents
 
 

@@ -1,12 +1,14 @@
 """One batched generation, timed per stage: text encode, guided denoising, VAE decode.
 
-The worker runs the stages of ``StableDiffusionPipeline.__call__`` itself, on the pipeline's
+The worker runs the stages of ``StableDiffusionPipeline.__call__`` (or
+``StableDiffusionXLPipeline.__call__``: :mod:`workers.model_family`) itself, on the pipeline's
 models: :mod:`workers.text_encoding`, the loop of :class:`workers.guided_step.GuidedStep` and
-:mod:`workers.image_decoding` (``tests/workers/test_inference.py`` checks the images against a
-pipeline call). Owning the loop lets the worker run it as CUDA graphs (:mod:`workers.served_graphs`)
-and pad batches to a few compiled sizes (:mod:`workers.batch_buckets`). The step hook runs after
-each step (after each graph segment when graphed) and may stop the batch. Each image has its own
-seeded CPU ``torch.Generator``, so an image depends on its seed only, not on its batch.
+:mod:`workers.image_decoding` (``tests/workers/test_inference.py`` and
+``tests/workers/test_family_inference.py`` check the images against a pipeline call). Owning the
+loop lets the worker run it as CUDA graphs (:mod:`workers.served_graphs`) and pad batches to a
+few compiled sizes (:mod:`workers.batch_buckets`). The step hook runs after each step (after
+each graph segment when graphed) and may stop the batch. Each image has its own seeded CPU
+``torch.Generator``, so an image depends on its seed only, not on its batch.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from workers.guided_step import GuidedStep, extra_step_kwargs, run_steps
 from workers.image_decoding import decode_to_pixels, to_host
 from workers.served_graphs import GraphMode, LoopKey, ServedGraphs, graphable
 from workers.stage_timer import StageTimer
-from workers.text_encoding import encode_tokens, guided_prompts, tokenize, uses_attention_mask
+from workers.text_encoding import Conditioning, PromptEncoder, guided_prompts, micro_conditioning
 
 
 def schedule_identity(scheduler: SchedulerMixin) -> str:
@@ -56,7 +58,7 @@ class InferenceEngine:
         self.device = torch.device(device)
         self.buckets = buckets
         self.graphs = None if graphs is GraphMode.OFF else ServedGraphs(self.device, graphs)
-        self._with_mask = uses_attention_mask(pipe.text_encoder)
+        self.prompts = PromptEncoder(pipe)
 
     @property
     def native_size(self) -> tuple[int, int]:
@@ -84,9 +86,10 @@ class InferenceEngine:
         rows = self.buckets.padded(count) if self.buckets else count
         guided = first.guidance_scale > 1.0 and self.pipe.unet.config.time_cond_proj_dim is None
         timer = StageTimer(self.device)
+        sizes = [(spec.height, spec.width) for spec in specs for _ in spec.seeds]
         with torch.inference_mode():
             with timer.stage(Stage.ENCODE):
-                embeds = self._encode(prompts, negatives, guided, rows)
+                embeds = self._encode(prompts, negatives, sizes, guided, rows)
             with timer.stage(Stage.DENOISE):
                 latents = self._denoise(first, scheduler, seeds, embeds, rows, guided, on_step)
             with timer.stage(Stage.DECODE):
@@ -102,31 +105,38 @@ class InferenceEngine:
     # -- stages -----------------------------------------------------------------------------
 
     def _encode(
-        self, prompts: list[str], negatives: list[str], guided: bool, rows: int
-    ) -> torch.Tensor:
-        """``(rows or 2 rows, tokens, hidden)`` embeddings, padded with the last prompt."""
+        self,
+        prompts: list[str],
+        negatives: list[str],
+        sizes: list[tuple[int, int]],
+        guided: bool,
+        rows: int,
+    ) -> Conditioning:
+        """Conditioning of ``rows`` (or 2 ``rows``) UNet rows, padded with the last image's;
+        ``sizes`` is each image's (height, width), its SDXL micro-conditioning."""
         padding = rows - len(prompts)
-        texts = guided_prompts(
-            prompts + prompts[-1:] * padding, negatives + negatives[-1:] * padding, guided
+        negatives = negatives + negatives[-1:] * padding
+        texts = guided_prompts(prompts + prompts[-1:] * padding, negatives, guided)
+        inputs = [x.to(self.device) for x in self.prompts.inputs(texts)]
+        encode = self.prompts.encode
+        stage = self.graphs.stage("encode", encode, inputs) if self.graphs else None
+        # the next graph replay may reuse a captured output's memory
+        encoded = encode(*inputs) if stage is None else stage(*inputs).clone()
+        if not self.prompts.added_conditioning:
+            return Conditioning(encoded)
+        time_ids = [micro_conditioning(*size) for size in sizes + sizes[-1:] * padding]
+        empty = [not negative for negative in negatives] if guided else []
+        repeat = 2 if guided else 1
+        return self.prompts.conditioning(
+            encoded, texts, empty + [False] * rows, time_ids * repeat
         )
-        tokens = tokenize(self.pipe.tokenizer, texts, self._with_mask)
-        inputs = [tokens.ids.to(self.device)]
-        if tokens.mask is not None:
-            inputs.append(tokens.mask.to(self.device))
-        stage = self.graphs.stage("encode", self._encode_tokens, inputs) if self.graphs else None
-        if stage is None:
-            return self._encode_tokens(*inputs)
-        return stage(*inputs).clone()  # the next graph replay may reuse the output's memory
-
-    def _encode_tokens(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return encode_tokens(self.pipe.text_encoder, ids, mask)
 
     def _denoise(
         self,
         first: JobSpec,
         scheduler: SchedulerMixin,
         seeds: list[int],
-        embeds: torch.Tensor,
+        embeds: Conditioning,
         rows: int,
         guided: bool,
         on_step: StepHook | None,
