@@ -53,6 +53,18 @@ def wait_until_up(port: int, deadline: float) -> None:
         client.close()
 
 
+def stop_servers(processes: list[subprocess.Popen], workdir: Path) -> None:
+    """SIGTERM every server, SIGKILL those still up after 10 s, and delete their folder."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
 def _wait_until_ok(port: int, deadline: float) -> None:
     client = redis.Redis(port=port, decode_responses=True)
     try:
@@ -94,11 +106,4 @@ def redis_cluster(nodes: int = 3) -> Iterator[RedisClusterNodes]:
         _wait_until_ok(ports[0], deadline)
         yield RedisClusterNodes(ports, tuple(processes))
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        shutil.rmtree(workdir, ignore_errors=True)
+        stop_servers(processes, workdir)

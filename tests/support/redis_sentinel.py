@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import tempfile
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 import redis
 
 from tests.support.ports import free_port
-from tests.support.redis_cluster import START_TIMEOUT_S, binary, wait_until_up
+from tests.support.redis_cluster import START_TIMEOUT_S, binary, stop_servers, wait_until_up
 
 MASTER_NAME = "olss-primary"
 
@@ -107,14 +106,7 @@ def redis_sentinel() -> Iterator[SentinelGroup]:
         _wait_until_replicated(group, deadline)
         yield group
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        shutil.rmtree(workdir, ignore_errors=True)
+        stop_servers(processes, workdir)
 
 
 def _wait_until_replicated(group: SentinelGroup, deadline: float) -> None:
