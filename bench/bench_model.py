@@ -1,12 +1,13 @@
 """The benchmarks' model, as a worker would load it: a diffusers folder and its OLSS schedules.
 
-The pipeline has Stable Diffusion 1.5's architecture (or the tiny one,
-:data:`devtools.sd_configs.TINY`) with random weights: nothing is downloaded, and the compute cost
-equals the real model's; the images are noise. It is saved as a diffusers folder, so the
-benchmarks load it through the worker's own ``workers.startup.load_model``. The OLSS schedules are
-fitted on the analytic Gaussian-mixture testbed (:mod:`devtools.analytic`) with SD's noise
-schedule and put in a registry folder under the model's key: a schedule calibrated on random
-weights would mean nothing, and a step costs one UNet call whatever its coefficients.
+The pipeline has Stable Diffusion 1.5's, 2.1's or SDXL base's architecture (or a tiny one:
+:data:`devtools.sd_configs.TINY`, ``TINY_SD2``, ``TINY_SDXL``) with random weights: nothing is
+downloaded, and the compute cost equals the real model's; the images are noise. It is saved as a
+diffusers folder, so the benchmarks load it through the worker's own
+``workers.startup.load_model``. The OLSS schedules are fitted on the analytic Gaussian-mixture
+testbed (:mod:`devtools.analytic`) with SD's noise schedule and the model's ``prediction_type``,
+and put in a registry folder under the model's key: a schedule calibrated on random weights would
+mean nothing, and a step costs one UNet call whatever its coefficients.
 """
 
 from __future__ import annotations
@@ -14,12 +15,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DiffusionPipeline,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from devtools.sd_configs import SD_DDIM_CONFIG, SD_TOKENIZER_MAX_LENGTH, ArchSpec
+from devtools.sd_configs import (
+    SD_DDIM_CONFIG,
+    SD_TOKENIZER_MAX_LENGTH,
+    SDXL_EULER_CONFIG,
+    ArchSpec,
+)
 from schedules import Schedule, ScheduleRegistry, model_key
 
 GUIDANCE_SCALE = 7.5
@@ -39,55 +54,82 @@ class BenchModel:
         return model_key(self.folder)
 
 
+def _text_config(config: dict, tokenizer: Any) -> CLIPTextConfig:
+    """``config`` with ``tokenizer``'s special tokens and a vocabulary that holds its ids."""
+    vocab = len(tokenizer.get_vocab())
+    return CLIPTextConfig(
+        **{**config, "vocab_size": max(config["vocab_size"], vocab)},
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
 def build_pipeline(
     spec: ArchSpec, device: torch.device, work_dir: Path, seed: int = 0
-) -> StableDiffusionPipeline:
+) -> DiffusionPipeline:
     """Random-weights fp32 pipeline of ``spec``'s architecture, created directly on ``device``
-    (no host copy: a few seconds for SD 1.5 on a GPU), in eval mode. The tokenizer is the local
-    byte-level CLIP tokenizer padded to SD's 77 tokens."""
+    (no host copy: a few seconds for SD 1.5 on a GPU), in eval mode: SDXL's when ``spec`` has a
+    second text encoder, else SD's. The tokenizers are the local byte-level CLIP tokenizer
+    padded to SD's 77 tokens."""
     from devtools.tiny_pipeline import write_byte_level_tokenizer
 
     tokenizer = write_byte_level_tokenizer(work_dir / "tokenizer", SD_TOKENIZER_MAX_LENGTH)
-    vocab = len(tokenizer.get_vocab())
     torch.manual_seed(seed)
     if device.type == "cuda":
         torch.cuda.manual_seed_all(seed)
     with torch.device(device):
-        unet = UNet2DConditionModel(**spec.unet)
-        vae = AutoencoderKL(**spec.vae)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                **{**spec.text, "vocab_size": max(spec.text["vocab_size"], vocab)},
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
+        unet = UNet2DConditionModel(**spec.unet).eval()
+        vae = AutoencoderKL(**spec.vae).eval()
+        text_encoder = CLIPTextModel(_text_config(spec.text, tokenizer)).eval()
+        if spec.text_2 is not None:
+            text_encoder_2 = CLIPTextModelWithProjection(
+                _text_config(spec.text_2, tokenizer)
+            ).eval()
+    if spec.text_2 is not None:
+        return StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer,
+            unet=unet,
+            scheduler=EulerDiscreteScheduler(**SDXL_EULER_CONFIG),
+            force_zeros_for_empty_prompt=True,
         )
-    pipe = StableDiffusionPipeline(
-        vae=vae.eval(),
-        text_encoder=text_encoder.eval(),
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
         tokenizer=tokenizer,
-        unet=unet.eval(),
-        scheduler=DDIMScheduler(**SD_DDIM_CONFIG),
+        unet=unet,
+        scheduler=DDIMScheduler(**teacher_config(spec)),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    return pipe
 
 
-def parameter_counts(pipe: StableDiffusionPipeline) -> dict[str, int]:
+def parameter_counts(pipe: DiffusionPipeline) -> dict[str, int]:
+    """Parameters of each model of ``pipe`` (SDXL's second text encoder too)."""
     return {
         name: sum(p.numel() for p in getattr(pipe, name).parameters())
-        for name in ("unet", "vae", "text_encoder")
+        for name in ("unet", "vae", "text_encoder", "text_encoder_2")
+        if getattr(pipe, name, None) is not None
     }
+
+
+def teacher_config(spec: ArchSpec) -> dict[str, Any]:
+    """SD's DDIM scheduler config predicting what ``spec``'s UNet predicts (SD 1.5's and SD
+    2.1's own scheduler; SDXL's betas are the same)."""
+    return {**SD_DDIM_CONFIG, "prediction_type": spec.prediction_type}
 
 
 def fit_bench_schedules(steps: Sequence[int], spec: ArchSpec, model_id: str) -> list[Schedule]:
     """One OLSS schedule per step count for ``model_id``, with a valid fitted structure.
 
     Fitted (``method="uniform"``) on 64 DDIM-50 trajectories of the analytic Gaussian-mixture
-    testbed at guidance 7.5, with SD's noise schedule.
+    testbed at guidance 7.5, with SD's noise schedule, the testbed's exact model returning what
+    ``spec``'s UNet predicts (``eps`` or ``v``: a schedule serves only its prediction type).
     """
     from devtools.analytic import GaussianMixtureDiffusion, record_trajectories
     from schedules import search
@@ -97,9 +139,10 @@ def fit_bench_schedules(steps: Sequence[int], spec: ArchSpec, model_id: str) -> 
     noise = torch.randn(
         CALIBRATION_EXAMPLES, testbed.dim, generator=torch.Generator().manual_seed(0)
     )
-    teacher = DDIMScheduler(**SD_DDIM_CONFIG)
+    teacher = DDIMScheduler(**teacher_config(spec))
+    model_fn = testbed.model_fn(labels, GUIDANCE_SCALE, spec.prediction_type)
     traj = record_trajectories(
-        teacher, testbed.model_fn(labels, GUIDANCE_SCALE), noise.double(), num_inference_steps=50
+        teacher, model_fn, noise.double(), num_inference_steps=50
     ).with_metadata(
         model_id=model_id,
         guidance_scale=GUIDANCE_SCALE,

@@ -33,6 +33,16 @@ table beside it):
   profile, the service, and cold start compiled on a warm cache;
 * ``--tiny``: the tiny architecture on a CPU (fp32, ``torch.compile`` with the ``eager`` backend,
   CUDA graphs as their CPU fallback) so the script is tested; its numbers are not latency claims.
+
+``--family sdxl`` (issue 15) runs any mode on **SDXL base's architecture with random weights**
+(UNet 2567.5M parameters, CLIP ViT-L/14 123.1M and OpenCLIP ViT-bigG/14 with projection 694.7M,
+VAE 83.7M decoded in fp32) at 1024x1024, batch 1 and 4; the worker loads it as it loads any SDXL
+folder (two text encoders, pooled embeddings and micro-conditioning ``time_ids``). With
+``--gpu-check`` it is the short SDXL part of ``bench/gpu_check.sh``: OLSS-5 + CFG at batch 1 and 4
+with the worker's default, stage timings and peak memory. ``--tiny --family sdxl`` is its CPU
+script check. No targets are judged for SDXL. ``--family sd2`` does the same with SD 2.1
+(768-v)'s architecture (UNet 865.9M, OpenCLIP ViT-H/14 text tower 340.4M, ``v`` prediction: its
+OLSS schedules are fitted on ``v`` outputs) at 768x768; ``--gpu-check`` is the SD 1.5 plan there.
 """
 
 from __future__ import annotations
@@ -59,13 +69,15 @@ import torch
 from bench.bench_model import BenchModel, parameter_counts, save_bench_model
 from bench.step_profile import profile_requests
 from devtools.host_sync import HostSync, detect_host_syncs
-from devtools.sd_configs import SD15, TINY, ArchSpec
+from devtools.sd_configs import SD15, SD21, SDXL, TINY, TINY_SD2, TINY_SDXL, ArchSpec
 from olss_core.protocol import JobSpec
 from olss_core.settings import Settings, load_settings
 from workers.fast_path import GRAPHING_COMPILE_MODES, FastPathOptions, pick_device
 from workers.guided_step import GuidedStep, extra_step_kwargs, run_steps
+from workers.model_family import ModelFamily, pipeline_family
 from workers.served_graphs import GraphMode
 from workers.startup import LoadedModel, fast_path_options, load_model
+from workers.text_encoding import Conditioning, micro_conditioning
 from workers.warm_up import warm_up
 
 PROMPT = "a photograph of an astronaut riding a horse on the moon"
@@ -76,6 +88,24 @@ TARGET_B8_IMAGES_PER_S = 25.0
 TARGET_SERVICE_SHARE = 0.9
 TARGET_COLD_START_S = 60.0
 OPTIMISATIONS = ("fp16", "sdpa", "channels_last", "compile", "cuda_graphs")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A benchmarked family's architecture: its label, full-size spec, tiny spec and batches."""
+
+    label: str
+    full: ArchSpec
+    tiny: ArchSpec
+    batches: tuple[int, ...]
+
+
+ARCHITECTURES = {
+    ModelFamily.SD1: Architecture("SD 1.5", SD15, TINY, (1, 4, 8)),
+    ModelFamily.SD2: Architecture("SD 2.1 (768-v)", SD21, TINY_SD2, (1, 4, 8)),
+    ModelFamily.SDXL: Architecture("SDXL base", SDXL, TINY_SDXL, (1, 4)),
+}
+"""What ``--family`` picks; SDXL at batch 1 and 4 (issue 15)."""
 
 # --------------------------------------------------------------------------- samplers
 
@@ -369,30 +399,44 @@ def sync_check(loaded: LoadedModel, sampler: Sampler, seed: int) -> SyncReport:
         device, method = torch.device("meta"), "meta-device stand-in (op hooks)"
     _, bank_scheduler = loaded.engine.bank.get(sampler.kind, sampler.steps, GUIDANCE_SCALE)
     scheduler = type(bank_scheduler).from_config(bank_scheduler.config)
-    hidden = pipe.text_encoder.config.hidden_size
-    tokens = pipe.tokenizer.model_max_length
     dtype = unet.dtype
-    embeds = torch.zeros(2, tokens, hidden, device=device, dtype=dtype)
-    size = unet.config.sample_size
+    cond = guided_zero_conditioning(pipe, device, dtype)
+    size, channels = unet.config.sample_size, unet.config.in_channels
     generator = torch.Generator("cpu").manual_seed(seed)
     runs: list[list[list[HostSync]]] = []
     with torch.no_grad():  # not inference mode: under it the meta stand-in misses scalar reads
         for _ in range(2):
             scheduler.set_timesteps(sampler.steps, device=device)
-            latents = torch.randn(1, 4, size, size, generator=generator, dtype=dtype).to(device)
+            latents = torch.randn(1, channels, size, size, generator=generator, dtype=dtype)
+            latents = latents.to(device)
             latents = latents * scheduler.init_noise_sigma
             step = GuidedStep(unet, scheduler, GUIDANCE_SCALE, None,
                               extra_step_kwargs(scheduler, generator))
             found: list[list[HostSync]] = []
             for i in range(len(scheduler.timesteps)):
                 with detect_host_syncs(device) as syncs:
-                    latents = run_steps(step, latents, embeds, range(i, i + 1))
+                    latents = run_steps(step, latents, cond, range(i, i + 1))
                 found.append(syncs)
             runs.append(found)
     counted = "cuda" if device.type == "cuda" else "hooks"
     first, steady = ([sum(1 for s in step if s.source == counted) for step in run] for run in runs)
     examples = sorted({f"{s.op} @ {s.where}" for run in runs for step in run for s in step})
     return SyncReport(sampler.name, method, first, steady, examples[:6])
+
+
+def guided_zero_conditioning(pipe: Any, device: torch.device, dtype: torch.dtype) -> Conditioning:
+    """All-zero conditioning of one guided image (two UNet rows) in the shapes ``pipe``'s UNet
+    takes: ``encoder_hidden_states`` of its cross-attention width and, for SDXL, the pooled
+    ``text_embeds`` and the native size's micro-conditioning ``time_ids``."""
+    tokens = pipe.tokenizer.model_max_length
+    hidden = torch.zeros(2, tokens, pipe.unet.config.cross_attention_dim, device=device,
+                         dtype=dtype)
+    if not pipeline_family(pipe).added_conditioning:
+        return Conditioning(hidden)
+    pooled = torch.zeros(2, pipe.text_encoder_2.config.projection_dim, device=device, dtype=dtype)
+    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    time_ids = torch.tensor([micro_conditioning(side, side)] * 2, dtype=dtype).to(device)
+    return Conditioning(hidden, pooled, time_ids)
 
 
 def sync_check_samplers(samplers: Sequence[Sampler]) -> list[Sampler]:
@@ -427,27 +471,43 @@ class Plan:
     cold_start: bool = False
     time_budget_s: float | None = None
 
+    @property
+    def architecture(self) -> Architecture:
+        return next(a for a in ARCHITECTURES.values() if self.spec in (a.full, a.tiny))
+
+    @property
+    def tiny(self) -> bool:
+        return self.spec is self.architecture.tiny
+
 
 TINY_BUDGET = Budget(warmup=1, repeats=2, min_repeats=2, seconds=0.5)
 
 
 def plan_from_args(args: argparse.Namespace) -> Plan:
+    arch = ARCHITECTURES[args.family]
+    small, large = arch.batches[0], arch.batches[-1]
     if args.tiny:
-        plan = Plan(TINY, (1, 4, 8), ALL_SAMPLERS, TINY_BUDGET, ablations=True, compile=True,
-                    compile_mode=args.compile_mode, compile_batches=(1,))
+        plan = Plan(arch.tiny, arch.batches, ALL_SAMPLERS, TINY_BUDGET, ablations=True,
+                    compile=True, compile_mode=args.compile_mode, compile_batches=(1,))
+    elif args.gpu_check and arch.full is SDXL:
+        plan = Plan(SDXL, arch.batches, (OLSS5,), Budget(warmup=2, repeats=5, min_repeats=3,
+                    seconds=3.0), ablations=False, compile=False, compile_mode=args.compile_mode,
+                    compile_batches=(), time_budget_s=args.time_budget_s)
     elif args.gpu_check:
-        plan = Plan(SD15, (1, 8), (OLSS5,), Budget(warmup=2, repeats=10, min_repeats=5,
-                    seconds=3.0), ablations=True, compile=True, compile_mode=args.compile_mode,
-                    compile_batches=(1,), profile=True, service=True,
-                    service_requests=96, cold_start=True, time_budget_s=args.time_budget_s)
+        plan = Plan(arch.full, (small, large), (OLSS5,), Budget(warmup=2, repeats=10,
+                    min_repeats=5, seconds=3.0), ablations=True, compile=True,
+                    compile_mode=args.compile_mode, compile_batches=(1,), profile=True,
+                    service=True, service_requests=96, cold_start=True,
+                    time_budget_s=args.time_budget_s)
     elif args.quick:
-        plan = Plan(SD15, (1, 8), (OLSS5, Sampler("dpmsolver++", 20)),
+        plan = Plan(arch.full, (small, large), (OLSS5, Sampler("dpmsolver++", 20)),
                     Budget(warmup=2, repeats=5, min_repeats=3, seconds=3.0), ablations=True,
                     compile=True, compile_mode=args.compile_mode, compile_batches=(1,))
     else:
-        plan = Plan(SD15, (1, 4, 8), ALL_SAMPLERS,
+        plan = Plan(arch.full, arch.batches, ALL_SAMPLERS,
                     Budget(warmup=3, repeats=10, min_repeats=3, seconds=4.0), ablations=True,
-                    compile=True, compile_mode=args.compile_mode, compile_batches=(1, 8))
+                    compile=True, compile_mode=args.compile_mode,
+                    compile_batches=(small, large))
     overrides: dict[str, Any] = {}
     if args.batches:
         overrides["batches"] = tuple(args.batches)
@@ -524,7 +584,7 @@ def run_benchmark(
     out: Path | None = None,
 ) -> dict[str, Any]:
     run = Run(plan, device, out, log)
-    tiny = plan.spec is TINY
+    tiny = plan.tiny
     olss_steps = sorted({s.steps for s in plan.samplers if s.kind == "olss"} | {5})
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -600,7 +660,7 @@ def _profile(run: Run, loaded: Loaded, bench: BenchModel, work: Path, seed: int)
     profiles = [(loaded.config.name, loaded)]
     if loaded.model.options.cuda_graphs is not GraphMode.OFF:
         eager = load_config(bench, device, work, Config("cuda_graphs off", {"cuda_graphs": "off"}),
-                            (1,), run.plan.spec is TINY)
+                            (1,), run.plan.tiny)
         profiles.append((eager.config.name, eager))
     for name, each in profiles:
         engine, specs = each.model.engine, request_specs(each.model, OLSS5, 1, seed)
@@ -677,7 +737,7 @@ def _meta(plan: Plan, device: torch.device, loaded: Loaded, seed: int) -> dict[s
         device_name = torch.cuda.get_device_name(device)
     else:
         device_name = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    tiny = plan.spec is TINY
+    tiny = plan.tiny
     return {
         "model": plan.spec.name,
         "resolution": plan.spec.resolution,
@@ -685,7 +745,8 @@ def _meta(plan: Plan, device: torch.device, loaded: Loaded, seed: int) -> dict[s
         "weights_note": (
             "tiny configuration for testing the script; these numbers are not latency claims"
             if tiny
-            else "random weights with SD 1.5's architecture: compute cost equals the real model's"
+            else f"random weights with {plan.architecture.label}'s architecture: compute cost "
+            "equals the real model's"
         ),
         "schedule_note": (
             "OLSS schedules fitted on the analytic Gaussian-mixture testbed (uniform path, "
@@ -893,6 +954,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     mode.add_argument("--quick", action="store_true", help="shorter GPU run")
     mode.add_argument("--gpu-check", action="store_true", help="the short issue-10 GPU run")
     parser.add_argument("--out", type=Path, help="write every number as JSON here")
+    parser.add_argument(
+        "--family", type=ModelFamily, choices=list(ARCHITECTURES), default=ModelFamily.SD1,
+        help="the architecture: sd1 (SD 1.5, 512x512), sd2 (SD 2.1, v-prediction, 768x768) "
+        "or sdxl (SDXL base, 1024x1024)",
+    )
     parser.add_argument(
         "--device", help="cpu, cuda, cuda:1 (default: cuda if present; cpu with --tiny)"
     )

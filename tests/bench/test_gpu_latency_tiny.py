@@ -156,3 +156,68 @@ def test_the_gpu_check_plan_covers_the_issue_and_needs_a_gpu() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="CUDA"):
             main(["--gpu-check"])
+
+
+def test_sdxl_mode_serves_two_encoders_and_micro_conditioning(tmp_path: Path) -> None:
+    """``--family sdxl`` through the worker's loading and engine: an SDXL UNet called without
+    its pooled embeddings and ``time_ids`` raises, so timed cells prove the served path fed
+    them; the graph rows prove they are static inputs of captured graphs (the GPU default)."""
+    result, stdout = run_bench(
+        tmp_path / "sdxl.json", "--family", "sdxl", "--samplers", "olss-5", "--batches", "1",
+        "2", "--no-compile",
+    )
+    assert result["errors"] == [] and result["skipped"] == []
+    meta = result["meta"]
+    assert meta["model"] == "tiny-sdxl-architecture-random-weights" and meta["tiny"] is True
+    assert set(meta["parameters"]) == {"unet", "vae", "text_encoder", "text_encoder_2"}
+    grid = {(c["sampler"], c["batch"]) for c in result["cells"] if c["config"] == "default"}
+    assert grid == {("olss-5", 1), ("olss-5", 2)}
+    for cell in result["cells"]:
+        assert set(cell["stages"]) == STAGES and cell["distinct_images"] is True
+        assert cell["stages"]["denoise"]["median_ms"] > 0
+    graphs = {c["config"]: c["graphs"] for c in result["cells"]}
+    assert graphs["cuda_graphs step"] == 3  # encode, loop, decode at batch 1
+    checks = {c["config"]: c["max_pixel_diff_vs_default"] for c in result["image_checks"]}
+    assert checks["cuda_graphs step"] == 0 and checks["cuda_graphs loop"] == 0
+    (sync,) = result["sync_check"]
+    assert sync["steady_per_step"] == [0] * 5
+    assert stdout.strip().splitlines()[0].startswith("# tiny-sdxl-architecture-random-weights")
+
+
+def test_the_sdxl_architecture_has_the_published_parameter_counts(tmp_path: Path) -> None:
+    """SDXL base 1.0's configs as facts: built on the meta device (no memory), the pipeline is
+    SDXL's with the published sizes (millions of parameters, one decimal)."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    from bench.bench_model import build_pipeline, parameter_counts
+    from devtools.sd_configs import SDXL
+
+    pipe = build_pipeline(SDXL, torch.device("meta"), tmp_path)
+    assert isinstance(pipe, StableDiffusionXLPipeline)
+    assert pipe.unet.config.sample_size * pipe.vae_scale_factor == SDXL.resolution == 1024
+    millions = {name: round(n / 1e6, 1) for name, n in parameter_counts(pipe).items()}
+    assert millions == {"unet": 2567.5, "vae": 83.7, "text_encoder": 123.1,
+                        "text_encoder_2": 694.7}
+
+
+def test_the_sdxl_gpu_check_plan_times_olss5_at_batch_1_and_4_only() -> None:
+    plan = plan_from_args(parse_args(["--gpu-check", "--family", "sdxl"]))
+    assert plan.spec.name.startswith("sdxl") and plan.spec.resolution == 1024
+    assert plan.batches == (1, 4) and [s.name for s in plan.samplers] == ["olss-5"]
+    assert not (plan.ablations or plan.compile or plan.profile or plan.service
+                or plan.cold_start)
+    assert plan_from_args(parse_args(["--tiny", "--family", "sdxl"])).tiny
+
+
+def test_sd2_mode_serves_v_prediction_with_schedules_fitted_on_v(tmp_path: Path) -> None:
+    """``--family sd2``: the worker refuses OLSS schedules fitted on another prediction type at
+    start-up, so a timed OLSS cell proves the bench fitted them on ``v`` outputs."""
+    result, _ = run_bench(
+        tmp_path / "sd2.json", "--family", "sd2", "--samplers", "olss-5", "--batches", "1",
+        "--no-ablations", "--no-compile",
+    )
+    assert result["errors"] == []
+    assert result["meta"]["model"] == "tiny-sd2-architecture-random-weights"
+    (cell,) = result["cells"]
+    assert cell["sampler"] == "olss-5" and cell["stages"]["denoise"]["median_ms"] > 0
