@@ -14,6 +14,8 @@ from pydantic_core import PydanticCustomError
 from olss_core.job_states import JobStatus
 from olss_core.protocol import (
     SEED_RANGE,
+    SIZE_STEP,
+    CalibrationProgress,
     JobRecord,
     OutputFormat,
     ScheduleInfo,
@@ -23,8 +25,6 @@ from olss_core.protocol import (
 from olss_core.samplers import OLSS, SchedulerName
 
 MAX_SEED = SEED_RANGE - 1
-SIZE_STEP = 8
-"""Widths and heights are multiples of this (the VAE's downsampling factor)."""
 
 
 def _json_integer(value: object) -> object:
@@ -196,6 +196,23 @@ class ModelView(BaseModel):
     schedulers: list[str]
     schedules: list[ScheduleInfo]
     default_schedule: str | None
+    olss_fallback: str | None = Field(
+        None, description="the diffusers sampler an OLSS request without a schedule gets "
+        "(auto-calibration off or failed); None: such a request is a 422"
+    )
+    olss_fallback_reason: str | None = Field(None, description="why it is served")
+
+
+class CalibratingModelView(BaseModel):
+    """A model whose live workers are all calibrating its OLSS schedules at start-up (a
+    request for it is a 503 with ``Retry-After`` until one is ready)."""
+
+    name: str
+    key: str
+    workers: int = Field(description="workers calibrating or waiting for the one that does")
+    progress: CalibrationProgress | None = Field(
+        description="the progress of the worker furthest along"
+    )
 
 
 class Limits(BaseModel):
@@ -225,5 +242,8 @@ class InfoView(BaseModel):
 
     version: str
     models: list[ModelView]
+    calibrating: list[CalibratingModelView] = Field(
+        default_factory=list, description="models not served yet: calibrating"
+    )
     limits: Limits
     output_formats: list[str]

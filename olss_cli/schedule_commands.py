@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -107,6 +108,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     import torch
 
     from schedules.calibration import CalibrationConfig, calibrate, load_prompts
+    from schedules.model_identity import model_identity
     from schedules.registry import ScheduleRegistry
     from workers.embedded_model import resolve_model
     from workers.fast_path import read_pipeline
@@ -126,8 +128,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
         prompts = prompts[: args.num_prompts]
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    pipe = read_pipeline(resolve_model(args.model), dtype).to(device)
-    out = args.out or load_settings().writable_schedule_dir
+    source = resolve_model(args.model)
+    pipe = read_pipeline(source, dtype).to(device)
+    settings = load_settings()
+    out = args.out or settings.writable_schedule_dir
+    # The worker serves a file only to the model it was fitted on (schedules.model_identity).
+    identity = model_identity(source, settings.cache_dir)
     given = {
         "num_steps": args.steps,
         "teacher": args.teacher,
@@ -147,7 +153,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     lines: list[str] = []
     schedules = calibrate(pipe, prompts, config, model_id=args.model, log=lines.append)
     registry = ScheduleRegistry(out)
-    paths = [registry.put(schedule) for schedule in schedules]
+    paths = [registry.put(replace(schedule, model_identity=identity)) for schedule in schedules]
     print(summary_table(schedules))
     print(next(line for line in reversed(lines) if line.startswith("calibration:")))
     for path in paths:

@@ -6,6 +6,7 @@ transitions in :mod:`olss_core.job_states`.
 
 from __future__ import annotations
 
+import math
 import time
 from enum import Enum, StrEnum
 from typing import Any, Literal
@@ -19,6 +20,15 @@ OUTPUT_FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"
 OutputFormat = Literal["png", "jpeg", "webp"]
 SEED_RANGE = 2**32
 """Seeds are 0 .. SEED_RANGE - 1."""
+SIZE_STEP = 8
+"""Widths and heights are multiples of this (the VAE's downsampling factor)."""
+
+
+def max_side(native: int, factor: float) -> int:
+    """The largest side a model takes by default: ``factor`` times its native side, down to a
+    multiple of :data:`SIZE_STEP`. A denoising step costs about linearly in pixels, so this
+    bounds a step's cost to ``factor**2`` times the native one."""
+    return max(SIZE_STEP, int(native * factor) // SIZE_STEP * SIZE_STEP)
 
 
 def now() -> float:
@@ -199,7 +209,13 @@ class ScheduleInfo(BaseModel):
 
     name: str
     steps: int
-    guidance_scale: float
+    guidance_scale: float = Field(description="the guidance scale it was calibrated at")
+    served_guidance: list[float] = Field(
+        default_factory=list, description="[lowest, highest] guidance scale an OLSS request at "
+        "these steps may ask for (olss_core.guidance): the calibrated schedule, a blend of the "
+        "two calibrated around it, or the nearest; the job's `schedule` names which. Empty: "
+        "only near guidance_scale (a worker from before)"
+    )
 
 
 class WorkerState(StrEnum):
@@ -211,6 +227,33 @@ class WorkerState(StrEnum):
     READY = "ready"  # serving its model's queue
     DRAINING = "draining"  # stopping: finishing the running batch, handing back the rest
     STALLED = "stalled"  # alive, but its last read of its queue failed (``queue_error``)
+
+
+class CalibrationProgress(BaseModel):
+    """How far a worker's start-up calibration of its model's OLSS schedules is
+    (``workers.self_calibration``); a worker waiting for another one's shows that one's."""
+
+    phase: str = Field(description="teacher (recording the teacher's trajectories), search "
+                       "(fitting and validating schedules), writing, or waiting (for the worker "
+                       "named in holder)")
+    fraction: float = Field(ge=0, le=1, description="share of the work done (an estimate)")
+    eta_s: float | None = Field(None, ge=0, description="seconds left (an estimate; None: not "
+                                "known yet)")
+    steps: list[int] = Field(default_factory=list, description="step counts being calibrated")
+    holder: str | None = Field(None, description="the worker id that calibrates")
+
+
+CALIBRATION_RETRY_AFTER_S = 10
+"""``Retry-After`` for a calibrating model whose ETA is not known yet."""
+MAX_CALIBRATION_RETRY_AFTER_S = 60
+
+
+def calibration_retry_after_s(progress: CalibrationProgress | None) -> int:
+    """Seconds a client should wait for a calibrating model (``Retry-After`` of the worker's
+    ``/readyz`` and of the gateway's 503): the ETA, within [1, 60] (10 while unknown)."""
+    if progress is None or progress.eta_s is None:
+        return CALIBRATION_RETRY_AFTER_S
+    return max(1, min(MAX_CALIBRATION_RETRY_AFTER_S, math.ceil(progress.eta_s)))
 
 
 class WorkerInfo(BaseModel):
@@ -244,6 +287,19 @@ class WorkerInfo(BaseModel):
     max_height: int | None = Field(None, description="largest height, as max_width")
     images_per_s: float | None = Field(
         None, description="measured throughput of this worker (None: not measured yet)"
+    )
+    calibration: CalibrationProgress | None = Field(
+        None, description="progress of the start-up calibration (state calibrating)"
+    )
+    model_identity: str | None = Field(
+        None, description="what the model's schedules are keyed by (schedules.model_identity)"
+    )
+    olss_fallback: str | None = Field(
+        None, description="the diffusers sampler an OLSS request gets at a step count without "
+        "a schedule (None: such a request is refused)"
+    )
+    olss_fallback_reason: str | None = Field(
+        None, description="why the worker serves olss_fallback"
     )
     max_batch_size: int
     metrics_port: int

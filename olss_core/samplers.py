@@ -78,3 +78,7 @@ infotext written into images)."""
 PEERS: dict[str, str] = {"dpmsolver++(2M)": "dpmsolver++", "unipc": "unipc"}
 """The samplers OLSS is validated against at calibration (held-out error at the same k), by the
 name the fit report gives them."""
+
+FALLBACK_SAMPLER = "dpmsolver++"
+"""What an OLSS request gets at a step count its model has no schedule for (auto-calibration
+off or failed): DPM-Solver++(2M), the strongest few-step peer of :data:`PEERS`."""

@@ -109,6 +109,12 @@ class Settings(BaseSettings):
     sync_timeout_s: float = Field(
         60.0, gt=0, description="gateway: a sync POST /generate waits this long, then 202"
     )
+    accept_sleeping_models: bool = Field(
+        False, description="gateway: queue jobs for a model that has no live worker now but had "
+        "a ready one (validated against its last heartbeat), and report ready without workers: "
+        "for models that scale to zero (an autoscaler starts a worker for the queued jobs); "
+        "off: such a model is a 503 no_worker"
+    )
 
     # Protocols, webhooks and previews (app/api/routes/openai_images.py, a1111.py, app/webhooks)
     webhook_secret: SecretStr | None = Field(
@@ -164,6 +170,10 @@ class Settings(BaseSettings):
 
     # Worker
     worker_id: str | None = Field(None, description="worker: its id (default hostname-pid)")
+    job_timeout_s: float = Field(
+        600.0, ge=0, description="worker: a job still running this long after it started fails "
+        "(not retried) within one denoising step and frees the worker; 0: no deadline"
+    )
     max_batch_size: int = Field(8, ge=1, description="worker: images per batch")
     max_batch_wait_ms: int = Field(
         50, ge=0, description="worker: the longest a batch waits for more jobs to fill it "
@@ -187,6 +197,40 @@ class Settings(BaseSettings):
     )
     torch_threads: int | None = Field(
         None, ge=1, description="worker: CPU threads for torch (default: torch's own choice)"
+    )
+
+    # Self-calibration at start-up (workers/self_calibration.py)
+    auto_calibrate: bool = Field(
+        True, description="worker: calibrate the model's OLSS schedules at start-up (before "
+        "it reports ready) when the registry lacks one of OLSS_CALIBRATE_STEPS at its default "
+        "guidance; off, or when calibration fails, an OLSS request gets DPM-Solver++(2M)"
+    )
+    calibrate_steps: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [4, 5, 6, 8], description="worker: comma-separated step "
+        "counts the start-up calibration fits"
+    )
+    calibrate_guidance: Annotated[list[float], NoDecode] = Field(
+        default_factory=list, description="worker: comma-separated guidance grid of the "
+        "start-up calibration (default: 1, 2, 4, 7.5, 15 and the model's default guidance)"
+    )
+    calibrate_prompts: int | None = Field(
+        None, ge=2, description="worker: calibration prompts, the first of the packaged list "
+        "(default: all of them)"
+    )
+    calibrate_validation: int | None = Field(
+        None, ge=0, description="worker: of those, held out to validate each schedule against "
+        "the peers (default 4)"
+    )
+    calibrate_teacher: str | None = Field(
+        None, description="worker: the teacher as name:T (default dpmsolver++3m:250)"
+    )
+    calibrate_max_evaluations: int | None = Field(
+        None, ge=1, description="worker: model evaluations the path searches may spend "
+        "(default 12000; the teacher and held-out runs come on top)"
+    )
+    calibrate_lock_ttl_s: float = Field(
+        30.0, gt=0, description="worker: the calibration lock expires this long after its "
+        "holder stopped renewing it (died), and a waiting replica takes over"
     )
 
     # Worker fast path (workers/fast_path.py); unset = the device's default (on for CUDA)
@@ -251,7 +295,7 @@ class Settings(BaseSettings):
             return keys
         return value
 
-    @field_validator("batch_buckets", mode="before")
+    @field_validator("batch_buckets", "calibrate_steps", "calibrate_guidance", mode="before")
     @classmethod
     def _split_buckets(cls, value: object) -> object:
         if isinstance(value, str):
@@ -263,6 +307,13 @@ class Settings(BaseSettings):
     def _positive_buckets(cls, value: list[int]) -> list[int]:
         if any(size < 1 for size in value):
             raise ValueError(f"image counts must be at least 1, got {value}")
+        return sorted(set(value))
+
+    @field_validator("calibrate_steps")
+    @classmethod
+    def _calibrated_step_counts(cls, value: list[int]) -> list[int]:
+        if not value or any(steps < 1 for steps in value):
+            raise ValueError(f"must name step counts of at least 1, got {value}")
         return sorted(set(value))
 
     @field_validator("webhook_allow_networks", mode="before")

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
+from olss_core.samplers import FALLBACK_SAMPLER
 from olss_core.settings import ConfigError, Settings
 from schedules import ScheduleRegistry, model_key
+from schedules.model_identity import model_identity
 from workers.batch_buckets import BatchBuckets
 from workers.embedded_model import resolve_model
 from workers.fast_path import (
@@ -19,9 +21,13 @@ from workers.fast_path import (
     use_compile_cache,
 )
 from workers.inference import InferenceEngine
+from workers.model_family import check_prediction_types
 from workers.schedulers import SchedulerBank, load_model_schedules
+from workers.self_calibration import ModelToCalibrate, SelfCalibration
 from workers.serving_engine import ServingEngine
 
+DEFAULT_GUIDANCE = 7.5
+"""The guidance of a model whose folder declares none (``olss_defaults.json``)."""
 COMPILE_CACHE_FOLDER = "torch-compile"
 """Folder of ``OLSS_CACHE_DIR`` that holds ``torch.compile``'s caches."""
 
@@ -39,6 +45,9 @@ class LoadedModel:
     engine: ServingEngine
     options: FastPathOptions
     warm_batch_sizes: tuple[int, ...]
+    identity: str = ""
+    fallback_reason: str | None = None
+    """Why OLSS requests without a schedule get ``engine.bank.fallback`` (``None``: none do)."""
 
     def finish_warm_up(self) -> None:
         """From now on capture and compile nothing new: unwarmed shapes run eagerly."""
@@ -67,11 +76,16 @@ def fast_path_options(settings: Settings, device: torch.device) -> FastPathOptio
 
 
 def load_model(
-    settings: Settings, model: str, options: FastPathOptions | None = None
+    settings: Settings, model: str, options: FastPathOptions | None = None,
+    calibration: SelfCalibration | None = None, default_guidance: float = DEFAULT_GUIDANCE,
 ) -> LoadedModel:
     """Load ``model`` (an embedded name, hub id or folder) with the fast path the settings ask
     for (or ``options``: benchmarks pick a compile backend), and the OLSS schedules the
-    registry holds for it."""
+    registry holds for its identity (:mod:`schedules.model_identity`).
+
+    With ``calibration`` (the worker), the schedules the registry lacks at
+    ``default_guidance`` are calibrated first (:mod:`workers.self_calibration`); when that is
+    off or fails, OLSS requests without a schedule get :data:`FALLBACK_SAMPLER`."""
     device = pick_device(settings.device)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
@@ -83,7 +97,21 @@ def load_model(
     pipe = load_pipeline(source, device, options)
     registry = ScheduleRegistry.default(settings.writable_schedule_dir)
     key = model_key(source)
-    bank = SchedulerBank(pipe.scheduler.config, load_model_schedules(registry, key))
+    identity = model_identity(source, settings.cache_dir)
+    fallback_reason = None
+    if calibration is not None:
+        fallback_reason = calibration.ensure(
+            ModelToCalibrate(pipe, source, key, identity, default_guidance), registry
+        )
+    if fallback_reason is not None:
+        log.warning("OLSS requests without a schedule get %s: %s", FALLBACK_SAMPLER,
+                    fallback_reason)
+    bank = SchedulerBank(
+        pipe.scheduler.config,
+        check_prediction_types(load_model_schedules(registry, key, identity),
+                               pipe.scheduler.config),
+        fallback=FALLBACK_SAMPLER if fallback_reason is not None else None,
+    )
     buckets = (
         BatchBuckets.up_to(settings.max_batch_size, settings.batch_buckets)
         if options.fixed_shapes
@@ -91,7 +119,8 @@ def load_model(
     )
     inference = InferenceEngine(pipe, device, options.cuda_graphs, buckets)
     warm_sizes = buckets.sizes if buckets else (1,)
-    return LoadedModel(key, device, ServingEngine(inference, bank), options, warm_sizes)
+    return LoadedModel(key, device, ServingEngine(inference, bank), options, warm_sizes,
+                       identity, fallback_reason)
 
 
 def free_device_memory() -> None:

@@ -122,7 +122,7 @@ def test_a_loading_worker_beats_but_is_not_ready(states: States) -> None:
     assert (0.0, 1.0) in start_up.metrics_while_loading  # no ready worker, one loading
     assert states.http.get("/readyz").status_code == 200
     assert gauges(states.http, states.worker.info.model_key)["ready workers"] == 1
-    assert worker_probe(states.worker.info.metrics_port).text == "ready"
+    assert worker_probe(states.worker.info.metrics_port).json() == {"status": "ready"}
 
 
 def sync_job(http: httpx.Client, prompt: str) -> httpx.Response:
@@ -149,7 +149,7 @@ def test_a_worker_that_cannot_read_its_queue_is_not_ready(states: States) -> Non
              and "WRONGTYPE" in (i.queue_error or ""), timeout_s=30, what="a stalled heartbeat")
     assert states.http.get("/readyz").status_code == 503
     probe = worker_probe(states.worker.info.metrics_port)
-    assert (probe.status_code, probe.text) == (503, "stalled")
+    assert (probe.status_code, probe.json()) == (503, {"status": "stalled"})
     values = gauges(states.http, model)
     assert (values["ready workers"], values["stalled"]) == (0, 1)
     states.db.delete(stream)  # readable again: the group is made anew and the worker serves

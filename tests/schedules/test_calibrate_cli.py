@@ -10,6 +10,7 @@ import pytest
 
 from olss_cli.schedule_commands import register
 from schedules.calibration import default_prompts
+from schedules.model_identity import model_identity
 from schedules.registry import ScheduleRegistry
 from schedules.schedule_file import Schedule
 
@@ -21,7 +22,10 @@ def main(argv: list[str]) -> int:
     return args.func(args)
 
 
-def test_calibrate_writes_validated_schedules(tiny_pipeline_dir: Path, tmp_path: Path, capsys):
+def test_calibrate_writes_validated_schedules(
+    tiny_pipeline_dir: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OLSS_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "registry"
     argv = ["calibrate", "--model", str(tiny_pipeline_dir), "--steps", "2", "3"]
     argv += ["--teacher", "ddim:5", "--num-prompts", "3", "--num-validation", "1"]
@@ -46,6 +50,11 @@ def test_calibrate_writes_validated_schedules(tiny_pipeline_dir: Path, tmp_path:
     assert ("NOT the best" in heldout.note) == (heldout.best != "olss")
     cost = schedule.fit_report.cost
     assert 0 < cost.evaluations < cost.calibration_evaluations
+    # Fitted on these weights: a worker serves the files to this model only.
+    identity = model_identity(tiny_pipeline_dir, tmp_path / "cache")
+    assert identity.startswith("local:tiny-sd@")
+    registry = ScheduleRegistry(out)
+    assert {registry.find(e.name).model_identity for e in registry.list()} == {identity}
 
 
 def test_list_and_show(tmp_path: Path, make_schedule, capsys) -> None:

@@ -52,6 +52,7 @@ def service_env(
         OLSS_REDIS_URL=redis_url,
         OLSS_WORKER_METRICS_PORT="0",
         OLSS_WORKER_METRICS_HOST="127.0.0.1",
+        OLSS_AUTO_CALIBRATE="0",  # a test that wants start-up calibration turns it on
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
         OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"),
