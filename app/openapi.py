@@ -26,7 +26,7 @@ from app.negotiation import JSON
 from app.protocols.a1111 import MODEL_SETTING
 from app.schemas import SIZE_STEP
 from app.validation import ModelLimits
-from olss_core.guidance import GUIDANCE_TOLERANCE
+from olss_core.guidance import served_guidance
 from olss_core.protocol import WorkerInfo
 from olss_core.samplers import A1111_NAMES, OLSS
 from olss_core.settings import Settings
@@ -81,8 +81,8 @@ def _variant(
     olss_guidance: float | None,
 ) -> Schema:
     """``base`` for one model and one scheduler family: the OLSS schedules calibrated at
-    guidance ``olss_guidance`` (steps: theirs; guidance: within the tolerance of
-    ``olss_core.guidance``), or, with None, the diffusers samplers."""
+    guidance ``olss_guidance`` (steps: theirs; guidance: what those step counts serve,
+    ``olss_core.guidance.served_guidance``), or, with None, the diffusers samplers."""
     variant = copy.deepcopy(base)
     properties = variant["properties"]
     limits = ModelLimits.of(worker, settings)
@@ -95,9 +95,11 @@ def _variant(
     if olss_guidance is not None:
         steps = sorted({s.steps for s in worker.schedules if s.guidance_scale == olss_guidance})
         _constrain(properties, "steps", enum=steps)
-        _constrain(properties, "guidance_scale",
-                   minimum=max(0.0, olss_guidance - GUIDANCE_TOLERANCE),
-                   maximum=min(settings.max_guidance_scale, olss_guidance + GUIDANCE_TOLERANCE))
+        low, high = served_guidance(
+            s.guidance_scale for s in worker.schedules if s.steps in steps
+        ) or (olss_guidance, olss_guidance)
+        _constrain(properties, "guidance_scale", minimum=max(0.0, low),
+                   maximum=min(settings.max_guidance_scale, high))
         properties["scheduler"]["enum"] = [OLSS]
         family = f"{OLSS} at guidance {olss_guidance:g}"
     else:

@@ -1,8 +1,9 @@
 """The validation stage: a ``GenerateRequest`` plus the live workers' heartbeats -> ``JobSpec``.
 
 Applies the configured limits and the model's own (each 422 names the field and the limit),
-fills the model's defaults, picks the OLSS schedule and draws a seed. Only its output reaches
-the queue. The same limits are stated in ``/v1/info`` and in the served OpenAPI schema.
+fills the model's defaults, picks the OLSS step count and guidance and draws a seed. Only its
+output reaches the queue. The same limits are stated in ``/v1/info`` and in the served OpenAPI
+schema.
 """
 
 from __future__ import annotations
@@ -12,9 +13,16 @@ from dataclasses import dataclass
 
 from app.errors import InvalidRequest
 from app.fleet import Fleet
-from app.schemas import SIZE_STEP, GenerateRequest
-from olss_core.guidance import nearest_guidance
-from olss_core.protocol import SEED_RANGE, JobSpec, OutputFormat, ScheduleInfo, WorkerInfo
+from app.schemas import GenerateRequest
+from olss_core.guidance import serves_guidance
+from olss_core.protocol import (
+    SEED_RANGE,
+    JobSpec,
+    OutputFormat,
+    ScheduleInfo,
+    WorkerInfo,
+    max_side,
+)
 from olss_core.samplers import OLSS
 from olss_core.settings import Settings
 
@@ -34,7 +42,7 @@ class ModelLimits:
     @classmethod
     def of(cls, worker: WorkerInfo, settings: Settings) -> ModelLimits:
         def side(native: int, reported: int | None, cap: int) -> int:
-            derived = int(native * settings.max_size_factor) // SIZE_STEP * SIZE_STEP
+            derived = max_side(native, settings.max_size_factor)
             return max(settings.min_size, min(reported or derived, cap))
 
         return cls(
@@ -85,17 +93,25 @@ def _describe(schedules: list[ScheduleInfo]) -> str:
 
 def pick_schedule(
     worker: WorkerInfo, steps: int | None, guidance: float | None
-) -> ScheduleInfo:
-    """The calibrated OLSS schedule for ``steps`` and ``guidance`` (defaults: the model's).
+) -> tuple[int, float]:
+    """``(steps, guidance)`` of the OLSS job for the requested ones (defaults: the model's).
 
-    Guidance matches by the one rule of :func:`olss_core.guidance.nearest_guidance`.
+    A step count serves the guidance scales of the one rule,
+    :func:`olss_core.guidance.serves_guidance` (the worker builds the schedule for the scale:
+    calibrated, blended or nearest). Without a guidance scale, the job takes the calibrated one
+    of the model's default schedule (or of the fewest steps asked for).
     """
     default = next((s for s in worker.schedules if s.name == worker.default_schedule), None)
-    matches = [s for s in worker.schedules if steps is None or s.steps == steps]
+    by_steps: dict[int, list[ScheduleInfo]] = {}
+    for s in worker.schedules:
+        if steps is None or s.steps == steps:
+            by_steps.setdefault(s.steps, []).append(s)
     if guidance is not None:
-        nearest = nearest_guidance({s.guidance_scale for s in matches}, guidance)
-        matches = [s for s in matches if s.guidance_scale == nearest]
-    if not matches:
+        by_steps = {
+            k: v for k, v in by_steps.items()
+            if serves_guidance((s.guidance_scale for s in v), guidance)
+        }
+    if not by_steps:
         asked = {"steps": steps, "guidance_scale": guidance}
         fields = " and ".join(name for name, value in asked.items() if value is not None)
         wanted = " ".join(f"{name}={value:g}" for name, value in asked.items() if value is not None)
@@ -103,9 +119,26 @@ def pick_schedule(
             f"{fields or 'scheduler'}: no OLSS schedule for model {worker.model_key!r}"
             f"{' with ' + wanted if wanted else ''}; available: {_describe(worker.schedules)}"
         )
-    if default in matches:
-        return default
-    return min(matches, key=lambda s: (s.steps, s.guidance_scale))
+    if default is not None and default.steps in by_steps:
+        chosen = default
+    else:
+        fewest = min(by_steps)
+        target = worker.default_guidance_scale if guidance is None else guidance
+        chosen = min(by_steps[fewest], key=lambda s: (abs(s.guidance_scale - target),
+                                                      s.guidance_scale))
+    return chosen.steps, chosen.guidance_scale if guidance is None else guidance
+
+
+def olss_job(worker: WorkerInfo, body: GenerateRequest) -> tuple[int, float] | None:
+    """``pick_schedule``'s steps and guidance; ``None`` when no schedule serves the request and
+    the worker serves it with its fallback sampler (``WorkerInfo.olss_fallback``: auto-
+    calibration off or failed), which takes the diffusers samplers' defaults."""
+    try:
+        return pick_schedule(worker, body.steps, body.guidance_scale)
+    except InvalidRequest:
+        if worker.olss_fallback is None:
+            raise
+        return None
 
 
 def build_job_spec(
@@ -113,11 +146,12 @@ def build_job_spec(
 ) -> JobSpec:
     """Validate ``body`` against the limits and the model's worker; resolve every default."""
     check_limits(body, settings)
-    worker = fleet.find(body.model, default=settings.model)
+    worker = fleet.find(body.model, default=settings.model,
+                        accept_sleeping=settings.accept_sleeping_models)
     check_size(body, worker, settings)
-    if body.scheduler == OLSS:
-        schedule = pick_schedule(worker, body.steps, body.guidance_scale)
-        steps, guidance = schedule.steps, schedule.guidance_scale
+    olss = olss_job(worker, body) if body.scheduler == OLSS else None
+    if olss is not None:
+        steps, guidance = olss
     else:
         steps = body.steps or worker.default_steps
         guidance = body.guidance_scale

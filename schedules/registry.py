@@ -51,6 +51,17 @@ class RegistryEntry:
     guidance: float
     method: Method
     path: Path
+    identity: str | None = None
+    """The model identity the file was fitted for (:mod:`schedules.model_identity`); ``None``
+    for a file that names its model only."""
+
+    def serves(self, model: str, identity: str | None) -> bool:
+        """Whether this file is for ``model`` (a model key) of ``identity``: a file with an
+        identity serves only that identity, one without serves the model by name (and so does
+        any file when the caller does not know the identity)."""
+        if self.model != model:
+            return False
+        return self.identity is None or identity is None or self.identity == identity
 
 
 class ScheduleRegistry:
@@ -71,6 +82,14 @@ class ScheduleRegistry:
             raise ValueError("ScheduleRegistry needs at least one folder")
         self.roots = roots
         self.guidance_tolerance = guidance_tolerance
+        self._warned: set[str] = set()
+
+    def _warn_once(self, message: str, *args: object) -> None:
+        """Log ``message % args`` at WARNING, unless this registry logged it already."""
+        text = message % args
+        if text not in self._warned:
+            self._warned.add(text)
+            logger.warning("%s", text)
 
     @classmethod
     def default(
@@ -90,18 +109,31 @@ class ScheduleRegistry:
         return schedule.save(self.writable_root / f"{schedule.name}.json")
 
     def list(self) -> list[RegistryEntry]:
-        """Every valid schedule file; invalid ones are logged and skipped."""
+        """Every valid schedule file; the others are skipped with a warning naming the file.
+
+        A file whose name an earlier folder holds too is shadowed: the earlier folder's file
+        (the writable folder's, a user's) wins, with a warning naming both. Each warning is
+        logged once per registry.
+        """
         entries: dict[str, RegistryEntry] = {}
         for root in self.roots:
             if not root.is_dir():
                 continue
             for path in sorted(root.glob("*.json")):
                 if path.stem in entries:
+                    self._warn_once(
+                        "schedule file %s shadows %s (same name; the first folder's wins)",
+                        entries[path.stem].path, path,
+                    )
                     continue
                 try:
                     schedule = Schedule.load(path)
                 except ScheduleFileError as exc:
-                    logger.warning("skipping invalid schedule file: %s", exc)
+                    self._warn_once("skipping invalid schedule file: %s", exc)
+                    continue
+                except Exception as exc:  # a file from anywhere must not stop start-up
+                    self._warn_once("skipping unreadable schedule file %s: %s: %s", path,
+                                    type(exc).__name__, exc)
                     continue
                 entries[path.stem] = RegistryEntry(
                     name=path.stem,
@@ -110,6 +142,7 @@ class ScheduleRegistry:
                     guidance=schedule.guidance_scale,
                     method=schedule.method,
                     path=path,
+                    identity=schedule.model_identity or None,
                 )
         return list(entries.values())
 
@@ -126,8 +159,12 @@ class ScheduleRegistry:
         steps: int,
         guidance: float,
         method: Method | str | None = None,
+        identity: str | None = None,
     ) -> Schedule:
         """The schedule for ``model`` with exactly ``steps`` steps and the nearest guidance.
+
+        With ``identity`` (:mod:`schedules.model_identity`), only files fitted for that
+        identity or naming no identity match (:meth:`RegistryEntry.serves`), and the first win.
 
         Raises :class:`ScheduleNotFound` (listing what is available) when no schedule has that
         step count or none is within ``guidance_tolerance`` of ``guidance``. With several
@@ -138,7 +175,7 @@ class ScheduleRegistry:
         matches = [
             e
             for e in self.list()
-            if e.model == key
+            if e.serves(key, identity)
             and e.steps == steps
             and abs(e.guidance - guidance) <= self.guidance_tolerance
             and (method is None or e.method == method)
@@ -152,7 +189,8 @@ class ScheduleRegistry:
         preference = list(Method)
         best = min(
             matches,
-            key=lambda e: (abs(e.guidance - guidance), preference.index(e.method)),
+            key=lambda e: (abs(e.guidance - guidance), e.identity is None,
+                           preference.index(e.method)),
         )
         return Schedule.load(best.path)
 

@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 import re
+import stat
 from dataclasses import asdict, field, fields, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -36,10 +37,14 @@ from pydantic import (
 )
 from pydantic.dataclasses import dataclass
 
+from schedules.model_identity import identity_digest
+
 FORMAT_VERSION = 1
 MAX_COEFFICIENT = 1e6
 """Largest coefficient magnitude a schedule file may hold: 100 times the search's ``max_coef``
 (:data:`schedules.gram.DEFAULT_MAX_COEF`), room for a teacher-forced fit kept with a warning."""
+MAX_FILE_BYTES = 1 << 20
+"""Largest schedule file read (1 MiB); a valid one is a few KiB, even with its search report."""
 MAX_NESTING = 32
 """Deepest JSON nesting a schedule file may have (a valid one has about 6 levels)."""
 DEFAULT_NUM_TRAIN_TIMESTEPS = 1000
@@ -297,6 +302,9 @@ class Schedule:
         format_version: file format version (:data:`FORMAT_VERSION`).
         prediction_type: what the model outputs (one of :data:`PREDICTION_TYPES`); a file
             without it takes the teacher config's, else ``"epsilon"``.
+        model_identity: the identity of the weights it was fitted on
+            (:mod:`schedules.model_identity`); a file with one serves only that identity, a
+            file without one (``""``, older files) any model with its ``model_id``.
 
     Physical ranges are checked too: timesteps within the teacher's training range
     ``0 <= t < num_train_timesteps`` (an integer in the teacher config, default 1000),
@@ -318,6 +326,7 @@ class Schedule:
     )
     format_version: Literal[1] = FORMAT_VERSION
     prediction_type: StrictStr = ""
+    model_identity: StrictStr = ""
 
     @model_validator(mode="before")
     @classmethod
@@ -390,8 +399,12 @@ class Schedule:
 
     @property
     def name(self) -> str:
-        """File stem used by the registry, e.g. ``tiny-sd__5steps__cfg7.5__closed-loop``."""
+        """File stem used by the registry, e.g. ``tiny-sd__5steps__cfg7.5__closed-loop``; with
+        a model identity the model part ends with its digest (``tiny-sd-1a2b3c4d__...``), so
+        schedules of two models that share a name do not overwrite each other."""
         model = re.sub(r"[^A-Za-z0-9._-]+", "--", self.model_id).strip("-") or "model"
+        if self.model_identity:
+            model = f"{model}-{identity_digest(self.model_identity)}"
         return f"{model}__{self.num_steps}steps__cfg{self.guidance_scale:g}__{self.method}"
 
     def worse_than_best_peer(self) -> bool | None:
@@ -442,10 +455,7 @@ class Schedule:
     def load(cls, path: str | os.PathLike[str]) -> Schedule:
         """Read and validate a schedule file; raises :class:`ScheduleFileError` naming it."""
         path = Path(path)
-        try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            raise ScheduleFileError(f"{path}: cannot read schedule file: {exc}") from exc
+        raw = read_schedule_bytes(path)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -466,6 +476,54 @@ class Schedule:
 
 
 _SCHEDULE = TypeAdapter(Schedule)
+
+
+def read_schedule_bytes(path: Path) -> bytes:
+    """The bytes of the schedule file ``path``: a regular file (after symlinks) of at most
+    :data:`MAX_FILE_BYTES`, else :class:`ScheduleFileError` naming it.
+
+    The file is opened non-blocking and checked with ``fstat`` on the open descriptor, so a
+    FIFO (whose blocking open waits for a writer), a device (``/dev/zero`` never ends) or a
+    file swapped in between a check and the open never gets read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        raise ScheduleFileError(f"{path}: cannot read schedule file: {exc}") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ScheduleFileError(
+                f"{path}: not a regular file ({_file_kind(info.st_mode)}); schedule files must "
+                "be regular files"
+            )
+        if info.st_size > MAX_FILE_BYTES:
+            raise ScheduleFileError(
+                f"{path}: {info.st_size} bytes, more than the {MAX_FILE_BYTES} a schedule file "
+                "may have"
+            )
+        chunks, size = [], 0
+        while size <= MAX_FILE_BYTES:  # a file that grows while read stops past the cap
+            chunk = os.read(fd, MAX_FILE_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise ScheduleFileError(f"{path}: cannot read schedule file: {exc}") from exc
+    finally:
+        os.close(fd)
+    if size > MAX_FILE_BYTES:
+        raise ScheduleFileError(
+            f"{path}: more than the {MAX_FILE_BYTES} bytes a schedule file may have"
+        )
+    return b"".join(chunks)
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR,
+             "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), f"mode {stat.filemode(mode)}")
 
 
 def check_prediction_type(fitted: str, model: str, what: str = "this OLSS schedule") -> None:

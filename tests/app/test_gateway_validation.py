@@ -64,10 +64,10 @@ def test_a_body_that_is_not_json_is_422_saying_to_send_json(
 
 @pytest.mark.parametrize(
     ("body", "field"),
-    [({"steps": 7}, "steps"), ({"guidance_scale": 3.0}, "guidance_scale"),
-     ({"steps": 4, "guidance_scale": 5.0}, "steps and guidance_scale")],
+    [({"steps": 7}, "steps"), ({"guidance_scale": 20.0}, "guidance_scale"),
+     ({"steps": 4, "guidance_scale": 0.5}, "steps and guidance_scale")],
 )
-def test_olss_without_a_calibrated_schedule_is_422_listing_the_available_ones(
+def test_olss_without_a_serving_schedule_is_422_listing_the_available_ones(
     client: TestClient, registered_worker: WorkerInfo, body: dict, field: str
 ) -> None:
     response = client.post("/generate", json={"prompt": "x", **body}, headers=ASYNC)
@@ -75,6 +75,18 @@ def test_olss_without_a_calibrated_schedule_is_422_listing_the_available_ones(
     message = response.json()["error"]
     assert message.startswith(f"{field}:")
     assert "steps=4 guidance_scale=7.5" in message and "steps=5 guidance_scale=7.5" in message
+
+
+@pytest.mark.parametrize(("body", "steps"), [({"guidance_scale": 4.4}, 5),
+                                            ({"steps": 4, "guidance_scale": 12.0}, 4)])
+def test_olss_at_any_served_guidance_is_queued_at_that_guidance(
+    client: TestClient, registered_worker: WorkerInfo, db: redis.Redis, body: dict, steps: int
+) -> None:
+    response = client.post("/generate", json={"prompt": "x", **body}, headers=ASYNC)
+    assert response.status_code == 202, response.text
+    spec = JobRecord.from_hash(db.hgetall(job_key(response.json()["id"]))).spec
+    assert (spec.scheduler, spec.steps, spec.guidance_scale) == ("olss", steps,
+                                                                 body["guidance_scale"])
 
 
 def test_limits_come_from_settings(make_client, registered_worker: WorkerInfo) -> None:

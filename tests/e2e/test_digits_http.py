@@ -7,6 +7,7 @@ Redis database; the digit classifier of ``bench.digits_eval`` reads the returned
 
 from __future__ import annotations
 
+import base64
 import io
 from collections.abc import Iterator
 
@@ -18,6 +19,7 @@ from PIL import Image
 from bench.digits_eval import classify
 from tests.support.processes import Gateway, Worker, service_env, spawn_gateway, spawn_worker
 from tests.support.redis_db import clean_db, redis_url
+from workers.results import read_infotext, read_parameters
 
 pytestmark = pytest.mark.e2e
 
@@ -58,5 +60,33 @@ def test_generate_the_number_3_returns_an_image_read_as_3(digits_stack) -> None:
             with Image.open(io.BytesIO(response.content)) as image:
                 images.append(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
     assert images[0].shape == (16, 16, 3)
+    predicted = classify(np.stack(images))
+    assert (predicted == 3).mean() >= 0.8, predicted
+
+
+@pytest.mark.parametrize("guidance", [4.4, 7.5, 13.0])
+def test_off_grid_guidance_gets_olss_and_says_which_schedule(digits_stack, guidance) -> None:
+    """Any guidance in the served range: 200 with OLSS, the JSON and the PNG name the schedule
+    or blend, and the classifier still reads the digit."""
+    gateway, _ = digits_stack
+    images = []
+    with httpx.Client(base_url=gateway.url, timeout=60) as http:
+        for seed in SEEDS:
+            response = http.post("/generate", json={
+                "prompt": "the number 3", "seed": seed, "guidance_scale": guidance,
+            })
+            assert response.status_code == 200, response.text
+            result = response.json()
+            assert (result["scheduler"], result["guidance_scale"]) == ("olss", guidance)
+            label = result["schedule"]
+            assert label.startswith("olss-digits__5steps__"), label
+            if f"cfg{guidance:g}__" not in label:  # not calibrated there: says how it was made
+                assert "blend of" in label or "nearest" in label, label
+            png = base64.b64decode(result["images"][0]["data_base64"])
+            parameters = read_parameters(png)
+            assert (parameters.schedule, parameters.guidance_scale) == (label, guidance)
+            assert f"CFG scale: {guidance:g}" in read_infotext(png)
+            with Image.open(io.BytesIO(png)) as image:
+                images.append(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
     predicted = classify(np.stack(images))
     assert (predicted == 3).mean() >= 0.8, predicted

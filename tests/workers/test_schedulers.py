@@ -1,5 +1,6 @@
 """SchedulerBank over the built-in olss-digits schedules (4, 5, 6, 8 steps at guidance 4):
-OLSS by exact steps and the nearest guidance within the tolerance; the table's samplers."""
+OLSS by exact steps at any served guidance (nearest: only guidance 4 is calibrated); the
+table's samplers."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import diffusers
 import pytest
 
-from olss_core.guidance import GUIDANCE_TOLERANCE
+from olss_core.guidance import GUIDANCE_TOLERANCE, OLSS_GUIDANCE_RANGE
 from olss_core.samplers import SAMPLERS, SCHEDULER_NAMES
 from schedules import OLSSScheduler, ScheduleRegistry, model_key
 from workers.embedded_model import DEFAULT_MODEL, resolve_model
@@ -26,15 +27,21 @@ def bank(tmp_path_factory: pytest.TempPathFactory) -> SchedulerBank:
     return SchedulerBank(config, load_model_schedules(registry, model_key(MODEL_DIR)))
 
 
-def test_olss_takes_the_exact_steps_and_the_nearest_guidance_within_the_tolerance(
+def test_olss_takes_the_exact_steps_at_any_served_guidance_and_says_how(
     bank: SchedulerBank,
 ) -> None:
     assert [(s.steps, s.guidance_scale) for s in bank.schedules] == [(4, 4), (5, 4), (6, 4), (8, 4)]
-    for guidance in (4.0, 4.0 - GUIDANCE_TOLERANCE, 4.3):
+    assert all(s.served_guidance == list(OLSS_GUIDANCE_RANGE) for s in bank.schedules)
+    label, scheduler = bank.get("olss", 5, 4.0)
+    assert label == FIVE_STEPS and isinstance(scheduler, OLSSScheduler)
+    low, high = OLSS_GUIDANCE_RANGE
+    for guidance in (low, 4.0 - GUIDANCE_TOLERANCE, 4.3, 7.5, high):
         label, scheduler = bank.get("olss", 5, guidance)
-        assert label == FIVE_STEPS and isinstance(scheduler, OLSSScheduler)
+        assert label.startswith(f"{FIVE_STEPS} (nearest: cfg4 for {guidance:g}")
+        assert isinstance(scheduler, OLSSScheduler)
+    assert bank.get("olss", 5, 7.5)[1] is bank.get("olss", 5, 7.5)[1]  # cached
     with pytest.raises(UnknownSchedule, match="served: 4@4, 5@4, 6@4, 8@4"):
-        bank.get("olss", 5, 4.0 + 2 * GUIDANCE_TOLERANCE)
+        bank.get("olss", 5, high + 2 * GUIDANCE_TOLERANCE)
     with pytest.raises(UnknownSchedule):
         bank.get("olss", 7, 4.0)
 
