@@ -1,7 +1,10 @@
-"""The step hook of one running batch: cancels seen at a step, progress for the rest.
+"""The step hook of one running batch: cancels and the deadline seen at a step, progress for the
+rest.
 
-After each denoising step it finishes the jobs whose cancel was asked for (canceled, released)
-and records the step for the others; once no job is left it stops the batch. The step events
+After each denoising step it finishes the jobs whose cancel was asked for (canceled, released),
+fails every job once the batch runs past its deadline (``OLSS_JOB_TIMEOUT_S``,
+``workers.job_deadline``; not after the last step, when only decoding is left) and records the
+step for the others; once no job is left it stops the batch. The step events
 of the jobs that asked for previews go through ``previews`` instead (all of them, so they stay
 in order), with a picture of the job's latents (``workers.previews``) on its n-th steps but the
 last.
@@ -14,7 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from olss_core.metrics import JobOutcome, WorkerMetrics
+from workers.batching import images
 from workers.fault_injection import FaultInjection
+from workers.job_deadline import Deadline
+from workers.job_log import Outcome, log_job
 from workers.leases import LeaseTracker
 from workers.lifecycle import ClaimedJob, JobLifecycle
 
@@ -49,24 +55,32 @@ class BatchProgress:
     metrics: WorkerMetrics
     faults: FaultInjection
     previews: PreviewSink | None = None
+    deadline: Deadline | None = None
     canceled: set[str] = field(default_factory=set, init=False)
+    timed_out: set[str] = field(default_factory=set, init=False)
 
     def active(self) -> list[ClaimedJob]:
-        """The batch's jobs not canceled so far, in batch order."""
-        return [job for job in self.jobs if job.id not in self.canceled]
+        """The batch's jobs not canceled or timed out so far, in batch order."""
+        return [job for job in self.jobs
+                if job.id not in self.canceled and job.id not in self.timed_out]
 
     def __call__(self, step: int, total: int, latents: Any = None) -> bool:
         self.faults.delay_step()
         active = self.active()
         asked = self.lifecycle.cancel_requested(active)
-        if asked and self.previews is not None:
+        late = self.deadline is not None and step < total and self.deadline.passed()
+        if (asked or late) and self.previews is not None:
             self.previews.drain()  # a job's previews go before its finished event
+        batch_images = images(self.jobs)
         for job in active:
             if job.id in asked:
                 self.lifecycle.finish_canceled(job)
                 self.canceled.add(job.id)
                 self.leases.release([job])
                 self.metrics.jobs.labels(status=JobOutcome.CANCELED).inc()
+                log_job(job, Outcome.CANCELED, batch_images, reason=f"at step {step}/{total}")
+        if late:
+            self._time_out(self.active(), step, total, batch_images)
         active = self.active()
         previewing = self._preview(active, step, total, latents)
         rest = [job for job in active if job not in previewing]
@@ -75,6 +89,19 @@ class BatchProgress:
         if step == total and self.previews is not None:
             self.previews.drain()
         return bool(active)
+
+    def _time_out(self, jobs: list[ClaimedJob], step: int, total: int, batch_images: int
+                  ) -> None:
+        """Fail ``jobs`` for running past the deadline (not retried: a run as long would
+        only time out again) and free them."""
+        assert self.deadline is not None
+        reason = self.deadline.reason(step, total)
+        for job in jobs:
+            self.lifecycle.dead_letter(job, reason)
+            self.timed_out.add(job.id)
+            self.leases.release([job])
+            self.metrics.jobs.labels(status=JobOutcome.FAILED).inc()
+            log_job(job, Outcome.TIMED_OUT, batch_images, reason=reason)
 
     def _preview(self, active: list[ClaimedJob], step: int, total: int, latents: Any
                  ) -> list[ClaimedJob]:

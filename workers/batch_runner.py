@@ -2,8 +2,11 @@
 
 Splitting goes down to single jobs, so one bad job fails alone (retried, or dead-lettered on its
 last attempt) while its batch-mates run again without it. Jobs canceled during a failed run
-stay canceled. Each batch's generation time and its handover to the result stage go to the batch
-window (how long the next batch may wait for more jobs).
+stay canceled. A Redis error is no job's failure: it goes up to the serve loop, which waits the
+outage out while the jobs stay pending. Every job's run has one deadline,
+``OLSS_JOB_TIMEOUT_S`` from its start (halves of a failed batch keep it). Each batch's
+generation time and its handover to the result stage go to the batch window (how long the next
+batch may wait for more jobs).
 """
 
 from __future__ import annotations
@@ -12,12 +15,16 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import redis
+
 from olss_core.metrics import JobOutcome, Stage, WorkerMetrics
 from workers.batch_progress import BatchProgress, PreviewSink
 from workers.batch_window import BatchWindow
 from workers.batching import halves, images
 from workers.engine import BatchInterrupted, Engine
 from workers.fault_injection import FaultInjection
+from workers.job_deadline import Deadline
+from workers.job_log import Outcome, log_job
 from workers.leases import LeaseTracker
 from workers.lifecycle import ClaimedJob, JobLifecycle, Start
 from workers.result_stage import ResultSink
@@ -54,37 +61,44 @@ class BatchRunner:
             self.leases.release([job])
             if outcome is Start.DEAD:
                 self.metrics.jobs.labels(status=JobOutcome.FAILED).inc()
+                log_job(job, Outcome.FAILED, images(batch), reason="out of attempts")
         if started:
-            self._generate(started)
+            self._generate(started, Deadline.of(self.lifecycle.settings.job_timeout_s))
 
-    def _generate(self, jobs: list[ClaimedJob]) -> None:
+    def _generate(self, jobs: list[ClaimedJob], deadline: Deadline | None) -> None:
         progress = BatchProgress(jobs, self.lifecycle, self.leases, self.metrics, self.faults,
-                                 self.previews)
+                                 self.previews, deadline)
         specs = [job.spec for job in jobs]
         try:
             self.faults.fail_marked(specs)
             generation = self.engine.generate(specs, progress)
         except BatchInterrupted:
             return
+        except redis.RedisError:
+            raise  # an outage, not a failed job: the serve loop waits it out (jobs stay pending)
         except Exception as error:  # a failed batch must not take the worker down
-            self._failed(progress.active(), error)
+            self._failed(progress.active(), error, deadline)
             return
         if self.window is not None:
             self.window.ran(images(jobs), generation.output.durations[Stage.TOTAL])
             self.window.handed_over(len(progress.active()))
         self.writer.store(jobs, generation, progress.canceled)
 
-    def _failed(self, jobs: list[ClaimedJob], error: Exception) -> None:
+    def _failed(self, jobs: list[ClaimedJob], error: Exception, deadline: Deadline | None
+                ) -> None:
         if len(jobs) > 1:
             log.warning("batch of %d failed (%s); splitting jobs %s",
                         len(jobs), error, " ".join(job.id for job in jobs))
             self.after_failure()
             for half in halves(jobs):
-                self._generate(half)
+                self._generate(half, deadline)
         elif jobs:
             (job,) = jobs
-            log.exception("job %s failed", job.id, exc_info=error)
+            log.error("job %s failed on attempt %d", job.id, job.record.attempts, exc_info=error)
             status = self.lifecycle.fail(job, error)
-            outcome = JobOutcome.FAILED if status.finished else JobOutcome.RETRIED
-            self.metrics.jobs.labels(status=outcome).inc()
+            finished = status.finished
+            self.metrics.jobs.labels(
+                status=JobOutcome.FAILED if finished else JobOutcome.RETRIED).inc()
             self.leases.release(jobs)
+            log_job(job, Outcome.FAILED if finished else Outcome.RETRIED, images(jobs),
+                    reason=f"{type(error).__name__}: {error}")

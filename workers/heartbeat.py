@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import redis
 
-from olss_core.keys import MODELS_SET, WORKERS_SET, worker_key
+from olss_core.keys import LAST_READY_HASH, MODELS_SET, WORKERS_SET, worker_key
 from olss_core.protocol import WorkerInfo, WorkerState
 from olss_core.redis_clients import SyncRedis
 
@@ -65,6 +65,8 @@ class Heartbeat:
             pipe.set(worker_key(info.worker_id), info.model_dump_json(), px=self.ttl_ms)
             pipe.sadd(WORKERS_SET, info.worker_id)
             pipe.sadd(MODELS_SET, info.model_key)
+            if info.ready:
+                pipe.hset(LAST_READY_HASH, info.model_key, info.model_dump_json())
             pipe.execute()
 
     def start(self) -> None:
@@ -80,6 +82,11 @@ class Heartbeat:
             self.beat()
         except redis.RedisError as error:
             log.warning("heartbeat failed: %s", error)
+
+    def carry(self, info: WorkerInfo) -> None:
+        """Say ``info`` from the next beat on (no beat now: for news that can wait a period,
+        such as the measured throughput)."""
+        self._info = info
 
     def drain(self) -> None:
         """Say ``draining`` from now on; the thread beats at once."""

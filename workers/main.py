@@ -21,7 +21,7 @@ import redis
 
 from olss_core import __version__
 from olss_core.metrics import WorkerMetrics
-from olss_core.protocol import WorkerInfo, WorkerState, now
+from olss_core.protocol import CalibrationProgress, WorkerInfo, WorkerState, max_side, now
 from olss_core.redis_clients import RedisTarget, sync_client
 from olss_core.settings import Settings
 from schedules import model_key
@@ -38,11 +38,11 @@ from workers.previews import StepPreviews, cached_projection
 from workers.receiver import BatchReceiver
 from workers.result_stage import ResultSink, ResultStage
 from workers.result_writer import ResultWriter
+from workers.self_calibration import SelfCalibration
 from workers.serve_loop import ServeLoop
-from workers.startup import LoadedModel, free_device_memory, load_model
+from workers.startup import DEFAULT_GUIDANCE, LoadedModel, free_device_memory, load_model
+from workers.throughput import ThroughputMeter
 from workers.warm_up import warm_up
-
-DEFAULT_GUIDANCE = 7.5
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ class Worker:
         self.metrics_server: MetricsServer | None = None
         self.results: ResultSink | None = None
         self.previews: StepPreviews | None = None
+        self.throughput = ThroughputMeter()
         self.startup: StartupTimes | None = None
 
     def prepare(self) -> WorkerInfo:
@@ -85,7 +86,7 @@ class Worker:
         started = time.monotonic()
         self.metrics_server = MetricsServer.start(
             self.metrics.registry, settings.worker_metrics_host, settings.worker_metrics_port,
-            self._state,
+            self._state, self._calibration,
         )
         self.heartbeat = Heartbeat(
             self.redis,
@@ -95,7 +96,12 @@ class Worker:
         )
         self.metrics.follow_state(self._state)
         self.heartbeat.start()
-        loaded = load_model(settings, self.model)
+        calibration = SelfCalibration(settings, self.redis, self.worker_id, self._calibrating)
+        loaded = load_model(settings, self.model, calibration=calibration,
+                            default_guidance=self._default_guidance())
+        self.heartbeat.show(self.heartbeat.info.model_copy(
+            update={"state": WorkerState.LOADING, "calibration": None}
+        ))  # warming up
         loaded_at = time.monotonic()
         warm_up(loaded.engine, loaded.key, loaded.engine.bank.schedules, loaded.warm_batch_sizes)
         loaded.finish_warm_up()
@@ -106,7 +112,8 @@ class Worker:
         window = BatchWindow(
             settings.max_batch_size, settings.max_batch_wait_ms, settings.adaptive_batch_wait
         )
-        writer = ResultWriter(lifecycle, leases, self.metrics, on_stored=window.finished)
+        writer = ResultWriter(lifecycle, leases, self.metrics, on_stored=window.finished,
+                              throughput=self.throughput)
         self.results = ResultStage(writer) if settings.overlap_results else writer
         self.previews = StepPreviews(
             cached_projection(loaded.engine.inference.pipe.vae, loaded.engine.native_size[0],
@@ -135,23 +142,41 @@ class Worker:
         """What the heartbeat says (loading until it starts)."""
         return WorkerState.LOADING if self.heartbeat is None else self.heartbeat.state
 
+    def _calibration(self) -> CalibrationProgress | None:
+        """The start-up calibration's progress while the heartbeat says calibrating."""
+        return None if self.heartbeat is None else self.heartbeat.info.calibration
+
+    def _calibrating(self, progress: CalibrationProgress) -> None:
+        """Say ``calibrating`` with ``progress`` (``SelfCalibration`` calls this)."""
+        if self.heartbeat is not None:
+            self.heartbeat.show(self.heartbeat.info.model_copy(update={
+                "state": WorkerState.CALIBRATING, "calibration": progress,
+            }))
+
+    def _default_guidance(self) -> float:
+        return model_defaults(self.model).guidance_scale or DEFAULT_GUIDANCE
+
     def _served(self, error: redis.RedisError | None) -> None:
         """After each round of the serving loop: stalled while Redis errors last, else ready
-        (a draining heartbeat stays draining)."""
+        (a draining heartbeat stays draining), beaten at once; the measured throughput rides
+        on the next beat."""
         if self.heartbeat is None or self._stopping.is_set():
             return
         info = self.heartbeat.info
         state = WorkerState.READY if error is None else WorkerState.STALLED
         queue_error = None if error is None else f"{type(error).__name__}: {error}"
+        rate = self.throughput.images_per_s
         if (info.state, info.queue_error) != (state, queue_error):
-            self.heartbeat.show(info.model_copy(update={"state": state,
-                                                        "queue_error": queue_error}))
+            self.heartbeat.show(info.model_copy(update={
+                "state": state, "queue_error": queue_error, "images_per_s": rate}))
+        elif info.images_per_s != rate:
+            self.heartbeat.carry(info.model_copy(update={"images_per_s": rate}))
 
     def _info(self, metrics_port: int, loaded: LoadedModel | None = None) -> WorkerInfo:
         """What the heartbeat tells the gateway: while the model loads (no ``loaded``) no
         schedules, samplers or size yet; once it is ``loaded``, ready with all of them."""
         defaults = model_defaults(self.model)
-        guidance = defaults.guidance_scale or DEFAULT_GUIDANCE
+        guidance = self._default_guidance()
         info = WorkerInfo(
             worker_id=self.worker_id,
             state=WorkerState.LOADING,
@@ -172,10 +197,15 @@ class Worker:
         bank = loaded.engine.bank
         width, height = loaded.engine.native_size
         default = bank.default_schedule(guidance)
+        factor = self.settings.max_size_factor
         return info.model_copy(update={
             "state": WorkerState.READY, "model_key": loaded.key, "device": str(loaded.device),
             "schedules": bank.schedules, "default_schedule": default.name if default else None,
             "schedulers": bank.names, "width": width, "height": height,
+            "max_width": min(max_side(width, factor), self.settings.max_width),
+            "max_height": min(max_side(height, factor), self.settings.max_height),
+            "model_identity": loaded.identity or None, "olss_fallback": bank.fallback,
+            "olss_fallback_reason": loaded.fallback_reason,
         })
 
     def stop(self) -> None:

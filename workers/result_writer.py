@@ -1,4 +1,5 @@
-"""Store a finished batch: encoded images, timings, one ``succeed`` for all, then the metrics.
+"""Store a finished batch: encoded images, timings, one ``succeed`` for all, then the metrics,
+the measured throughput and one log line per job (``workers.job_log``).
 
 ``on_stored(jobs, server_time)`` hears of every stored batch (the batch window counts the jobs
 whose clients may come back with their next request)."""
@@ -14,9 +15,11 @@ from olss_core.metrics import JobOutcome, Stage, WorkerMetrics
 from olss_core.protocol import Timings, now
 from workers.batching import images
 from workers.engine import Generation
+from workers.job_log import Outcome, log_job
 from workers.leases import LeaseTracker
 from workers.lifecycle import ClaimedJob, JobLifecycle, JobResult
 from workers.results import ImageParameters, encode_image
+from workers.throughput import ThroughputMeter
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,7 @@ class ResultWriter:
     leases: LeaseTracker
     metrics: WorkerMetrics
     on_stored: Callable[[int, float], None] | None = None
+    throughput: ThroughputMeter | None = None
 
     def store(
         self, batch: list[ClaimedJob], generation: Generation, canceled: Collection[str] = ()
@@ -50,8 +54,11 @@ class ResultWriter:
             self.on_stored(len(results), stored_at)
         self.leases.release(result.job for result in results)
         self.metrics.images.inc(sum(len(result.images) for result in results))
+        if self.throughput is not None:
+            self.throughput.observe(batch_images, output.durations[Stage.TOTAL])
         for result in results:
             self._observe(result.timings)
+            log_job(result.job, Outcome.SUCCEEDED, batch_images, result.schedule, result.timings)
 
     @staticmethod
     def _encode(job: ClaimedJob, pictures: list[Image.Image], schedule: str) -> list[bytes]:

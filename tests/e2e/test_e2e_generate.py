@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.jobs import submit, wait_status
+from tests.support.jobs import submit, wait_for, wait_status
 from workers.results import read_parameters
 
 pytestmark = pytest.mark.e2e
@@ -146,3 +146,12 @@ def test_both_processes_export_their_metrics(stack) -> None:
                  "olss_batch_size_bucket"):
         assert any(sample == name for sample, _ in worker), name
     assert stack.http.get("/readyz").json()["status"] == "ready"
+
+
+def test_the_heartbeat_reports_the_measured_throughput(stack) -> None:
+    """Issue 11 item 12: the worker's rate (images per second of generation) rides on its
+    heartbeat, which the gateway turns into Retry-After."""
+    wait_status(stack.http, submit(stack.http, prompt="throughput"), "succeeded")
+    info = wait_for(lambda: (beat := stack.worker.heartbeat()) and beat.images_per_s and beat,
+                    timeout_s=30, what="a heartbeat with images_per_s")
+    assert 0 < info.images_per_s < 10_000
