@@ -3,7 +3,12 @@
 A heartbeat (``WorkerInfo``) says which model a worker serves and its OLSS schedules, so the
 gateway validates steps and guidance without importing the schedules package. The models that
 have ever had a worker (``MODELS_SET``) tell a model whose workers are all gone (503, it may
-come back) from one that was never served (422, a client error).
+come back) from one that was never served (422, a client error). A model whose live workers all
+calibrate its schedules at start-up is a 503 too, with their ETA as ``Retry-After``.
+
+A model that scales to zero has no live worker while idle. With ``OLSS_ACCEPT_SLEEPING_MODELS``
+its jobs are still queued, validated against the last heartbeat a ready worker of it sent
+(``LAST_READY_HASH``), so an autoscaler reading the queue (KEDA) can start a worker for them.
 """
 
 from __future__ import annotations
@@ -13,9 +18,9 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from app.errors import InvalidRequest, NoWorker, UnknownModel
-from olss_core.keys import MODELS_SET, WORKERS_SET, worker_key
-from olss_core.protocol import WorkerInfo
+from app.errors import Calibrating, InvalidRequest, NoWorker, UnknownModel
+from olss_core.keys import LAST_READY_HASH, MODELS_SET, WORKERS_SET, worker_key
+from olss_core.protocol import WorkerInfo, WorkerState, calibration_retry_after_s
 
 NO_WORKER_RETRY_AFTER_S = 10
 
@@ -25,12 +30,14 @@ class Fleet:
     """The workers with a fresh heartbeat at one moment, and every model ever served.
 
     ``workers`` are the ready ones, the only ones jobs are routed to and counted as serving;
-    ``unready`` are the others (loading, calibrating, draining or stalled).
+    ``unready`` are the others (loading, calibrating, draining or stalled); ``sleeping`` holds
+    the last ready heartbeat of each model that has no live worker at all.
     """
 
     workers: tuple[WorkerInfo, ...]
     known_models: frozenset[str] = frozenset()
     unready: tuple[WorkerInfo, ...] = ()
+    sleeping: tuple[WorkerInfo, ...] = ()
 
     def by_model(self) -> dict[str, list[WorkerInfo]]:
         """Live workers grouped by model key, keys sorted."""
@@ -43,16 +50,23 @@ class Fleet:
         """The names a request may use for the models served now (keys and configured names)."""
         return sorted({name for w in self.workers for name in (w.model_key, w.model)})
 
-    def find(self, model: str | None, default: str | None = None) -> WorkerInfo:
+    def find(
+        self, model: str | None, default: str | None = None, accept_sleeping: bool = False
+    ) -> WorkerInfo:
         """A worker serving ``model`` (name or key); without one, ``default`` or the only model.
 
         An unknown ``model`` is ``UnknownModel``; a known one without a live worker, and a
-        ``default`` without one, are ``NoWorker``.
+        ``default`` without one, are ``NoWorker``, unless ``accept_sleeping`` and the model is
+        sleeping: then its last ready heartbeat stands in for a worker.
         """
         groups = self.by_model()
+        if accept_sleeping:
+            for info in self.sleeping:
+                groups.setdefault(info.model_key, [info])
         wanted = model or default
         if wanted is None:
             if not groups:
+                self._raise_if_calibrating(None)
                 raise NoWorker("no worker is alive", retry_after_s=NO_WORKER_RETRY_AFTER_S)
             if len(groups) > 1:
                 raise InvalidRequest(f"model: required when several are served: {sorted(groups)}")
@@ -60,6 +74,7 @@ class Fleet:
         for infos in groups.values():
             if infos[0].serves(wanted):
                 return infos[0]
+        self._raise_if_calibrating(wanted)
         if model is not None and model not in self.known_models:
             raise UnknownModel(f"model: {model!r} is not served; served: {self.served()}")
         raise NoWorker(
@@ -68,23 +83,49 @@ class Fleet:
         )
 
 
+    def calibrating(self, model: str | None = None) -> list[WorkerInfo]:
+        """The workers calibrating ``model`` (name or key; ``None``: any model) at start-up."""
+        return [w for w in self.unready if w.state is WorkerState.CALIBRATING
+                and (model is None or w.serves(model))]
+
+    def _raise_if_calibrating(self, model: str | None) -> None:
+        """``Calibrating`` (503) when workers of ``model`` calibrate: it is served soon."""
+        workers = self.calibrating(model)
+        if not workers:
+            return
+        progresses = [w.calibration for w in workers if w.calibration is not None]
+        ahead = max(progresses, key=lambda p: p.fraction, default=None)
+        where = "" if ahead is None else (
+            f" ({ahead.phase}, {100 * ahead.fraction:.0f}% done"
+            + ("" if ahead.eta_s is None else f", about {ahead.eta_s:.0f} s left") + ")"
+        )
+        name = model or workers[0].model_key
+        raise Calibrating(
+            f"model {name!r} is not served yet: its worker is calibrating its OLSS schedules"
+            f"{where}; retry after Retry-After seconds",
+            retry_after_s=min(calibration_retry_after_s(p) for p in progresses or [None]),
+        )
+
+
 async def read_fleet(redis: Redis) -> Fleet:
     """Read every heartbeat; forget worker ids whose heartbeat key expired."""
     async with redis.pipeline(transaction=False) as pipe:
         pipe.smembers(WORKERS_SET)
         pipe.smembers(MODELS_SET)
-        worker_ids, models = await pipe.execute()
+        pipe.hgetall(LAST_READY_HASH)
+        worker_ids, models, last_ready = await pipe.execute()
     ids = sorted(worker_ids)
     known = frozenset(models)
-    if not ids:
-        return Fleet((), known)
-    values = await redis.mget([worker_key(worker_id) for worker_id in ids])
+    values = await redis.mget([worker_key(worker_id) for worker_id in ids]) if ids else []
     expired = [worker_id for worker_id, value in zip(ids, values, strict=True) if value is None]
     if expired:
         await redis.srem(WORKERS_SET, *expired)
     alive = [WorkerInfo.model_validate_json(v) for v in values if v is not None]
+    live_models = {w.model_key for w in alive}
+    sleeping = tuple(WorkerInfo.model_validate_json(info)
+                     for key, info in sorted(last_ready.items()) if key not in live_models)
     return Fleet(tuple(w for w in alive if w.ready), known,
-                 tuple(w for w in alive if not w.ready))
+                 tuple(w for w in alive if not w.ready), sleeping)
 
 
 class FleetView:

@@ -28,7 +28,14 @@ key                             type    contents
                                         dispatchers); deleted once the job's last event is sent
 ``olss:{t}:webhook:{id}``       hash    delivery progress of the job's webhook: the last event
                                         handled, attempts at the next one; TTL as the record
+``olss:{t}:calibrating:{ih}``   string  ``<worker id> <token>`` of the worker calibrating the
+                                        model of identity digest ``ih``; TTL
+                                        ``OLSS_CALIBRATE_LOCK_TTL_S``, renewed while it works
 ``olss:{fleet}:models``         set     model keys that have had a worker (for queue depth)
+``olss:{fleet}:last-ready``     hash    model key -> the ``WorkerInfo`` JSON of its last ready
+                                        heartbeat, no TTL: what the gateway validates a
+                                        sleeping model's jobs against
+                                        (``OLSS_ACCEPT_SLEEPING_MODELS``)
 ``olss:{fleet}:workers``        set     worker ids that have sent a heartbeat
 ``olss:{fleet}:worker:{wid}``   string  the worker's ``WorkerInfo`` JSON, TTL
                                         ``OLSS_HEARTBEAT_TTL_S``: present means alive
@@ -54,6 +61,7 @@ ANONYMOUS = "anonymous"
 FLEET_TAG = "{fleet}"
 WORKERS_SET = f"{PREFIX}:{FLEET_TAG}:workers"
 MODELS_SET = f"{PREFIX}:{FLEET_TAG}:models"
+LAST_READY_HASH = f"{PREFIX}:{FLEET_TAG}:last-ready"
 FINISHED_CHANNEL = f"{PREFIX}:finished"
 STREAM_JOB_FIELD = "job_id"
 """The one field of a jobs-stream entry."""
@@ -144,6 +152,14 @@ def image_key(job_id: str, index: int) -> str:
 
 def cancel_key(job_id: str) -> str:
     return f"{_job_prefix(job_id)}:cancel:{job_id}"
+
+
+def calibration_lock_key(model: str, identity: str) -> str:
+    """The lock the worker that calibrates ``model`` (its model key) of ``identity``
+    (``schedules.model_identity``) holds; one per identity, so two models that share a name
+    do not wait for each other."""
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    return f"{_model_prefix(model)}:calibrating:{digest}"
 
 
 def worker_key(worker_id: str) -> str:

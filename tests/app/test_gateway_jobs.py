@@ -7,7 +7,8 @@ import redis
 from fastapi.testclient import TestClient
 
 from olss_core.keys import MODELS_SET, jobs_stream, queued_zset
-from olss_core.protocol import WorkerInfo
+from olss_core.protocol import CalibrationProgress, WorkerInfo, WorkerState
+from workers.heartbeat import Heartbeat
 
 ASYNC = {"Prefer": "respond-async"}
 PROMPT = {"prompt": "a lighthouse"}
@@ -155,5 +156,24 @@ def test_info_lists_models_schedules_and_limits(
     assert model["key"] == "tiny-sd" and model["workers"] == 1
     assert [s["steps"] for s in model["schedules"]] == [4, 5]
     assert info["limits"]["max_num_images"] == 4
-    assert client.get("/readyz").json() == {"status": "ready", "workers": 1}
+    assert client.get("/readyz").json() == {"status": "ready", "workers": 1, "sleeping": []}
     assert client.get("/docs").status_code == 200
+
+
+def test_readyz_shows_calibration_and_a_generate_is_a_503_not_a_422(
+    client: TestClient, registered_worker: WorkerInfo, db: redis.Redis
+) -> None:
+    """Issue 9: while a model's only worker calibrates, the gateway is not ready and says how
+    far it is; a request for the model is a 503 with Retry-After, never a 422."""
+    progress = CalibrationProgress(phase="teacher", fraction=0.25, eta_s=42.0, steps=[4, 5])
+    calibrating = registered_worker.model_copy(
+        update={"state": WorkerState.CALIBRATING, "calibration": progress, "schedules": []})
+    Heartbeat(db, calibrating, ttl_s=60, period_s=60, on_beat=lambda: None).beat()
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["status"] == "calibrating"
+    assert ready.json()["progress"]["fraction"] == 0.25
+    assert ready.headers["retry-after"] == "42"
+    refused = client.post("/generate", json={"prompt": "x"}, headers={"Prefer": "respond-async"})
+    assert (refused.status_code, refused.json()["error_type"]) == (503, "calibrating")
+    assert refused.headers["retry-after"] == "42" and "25% done" in refused.json()["error"]

@@ -366,12 +366,21 @@ def test_keda_reaches_the_redis_the_workers_use(
         assert port in [p["port"] for p in service["spec"]["ports"]]
 
 
-def test_workers_keep_one_replica_unless_scaled_to_zero(overlay: dict[str, Rendering]) -> None:
-    for scaled, _ in scaled_targets(render(BASE)):
+def test_workers_keep_one_replica_unless_scaled_to_zero(
+    overlay: dict[str, Rendering], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = render(BASE)
+    for scaled, _ in scaled_targets(base):
         assert scaled["spec"]["minReplicaCount"] == 1
-    for scaled, _ in scaled_targets(overlay["scale-to-zero"]):
+    assert not settings_of(base, base.get("Deployment", "olss-gateway"),
+                           monkeypatch).accept_sleeping_models
+    sleepy = overlay["scale-to-zero"]
+    for scaled, _ in scaled_targets(sleepy):
         assert scaled["spec"]["minReplicaCount"] == 0
         assert "activationLagCount" in the_trigger(scaled)["metadata"]
+    # A model at zero still takes jobs (the lag that wakes it), and the gateway stays ready.
+    gateway = sleepy.get("Deployment", "olss-gateway")
+    assert settings_of(sleepy, gateway, monkeypatch).accept_sleeping_models
 
 
 # -- Redis --------------------------------------------------------------------------------------
