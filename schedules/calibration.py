@@ -36,6 +36,7 @@ from diffusers import SchedulerMixin
 from tqdm.auto import tqdm
 
 from schedules.closed_loop import EvaluationBudget, FitGroup
+from schedules.guidance_fit import with_guidance_intervals
 from schedules.heldout import heldout_report
 from schedules.olss_search import search, search_guidance_grid
 from schedules.registry import model_key
@@ -483,7 +484,7 @@ def _fit(
     """Schedules by step count, then group: one closed-loop search over the grid, or each
     (k, scale) on its own for the teacher-forced methods."""
     if Method(config.method) is Method.CLOSED_LOOP:
-        return search_guidance_grid(
+        grid = search_guidance_grid(
             groups,
             steps,
             budget=EvaluationBudget(max_evaluations=config.max_evaluations),
@@ -491,6 +492,7 @@ def _fit(
             validation_fraction=config.validation_fraction,
             progress=log,
         )
+        return with_guidance_intervals(grid, groups)
     return [
         search(group.traj, k, method=config.method)
         for k in tqdm(steps, desc="fit", disable=not progress)

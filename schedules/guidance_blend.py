@@ -4,8 +4,10 @@ A guidance grid (:func:`schedules.olss_search.search_guidance_grid`) fits one se
 coefficients per guidance scale on one shared path. The guided model output
 ``eps_u + g (eps_c - eps_u)`` (Ho & Salimans, 2022, eq. 6) moves smoothly with g, and so do the
 least-squares coefficients of Eq. (7) of Duan et al. (arXiv:2305.14677): between two grid points
-that share their timesteps, :func:`schedule_for_guidance` interpolates the coefficients linearly
-in g. Numbers only: no torch, no numpy.
+that share their timesteps, :func:`schedule_for_guidance` evaluates the lower one's coefficients
+fitted as polynomials in g over the grid (:mod:`schedules.guidance_fit`, stored as its
+``guidance_interval``), else interpolates the two schedules' coefficients linearly in g (older
+files). Numbers only: no torch, no numpy.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from schedules.schedule_file import FitReport, Schedule
+from schedules.schedule_file import FitReport, GuidanceInterval, Schedule
 
 EXACT = 1e-9
 """Guidance scales closer than this count as the same."""
@@ -42,7 +44,8 @@ def schedule_for_guidance(schedules: Sequence[Schedule], guidance: float) -> Gui
 
     A schedule calibrated at ``guidance`` is returned as is. Between two calibrated scales
     ``a < guidance < b`` whose schedules share their timesteps, method and teacher, the
-    coefficients are ``(1 - l) w_a + l w_b`` with ``l = (guidance - a) / (b - a)``; when they do
+    coefficients are ``a``'s ``guidance_interval`` polynomial at ``guidance`` when it reaches to
+    ``b``, else ``(1 - l) w_a + l w_b`` with ``l = (guidance - a) / (b - a)``; when they do
     not share them, or outside the calibrated range, the nearest calibrated schedule is used (the
     label says so). Raises ``ValueError`` for no schedules, mixed models or step counts, or a
     non-finite guidance.
@@ -74,8 +77,17 @@ def schedule_for_guidance(schedules: Sequence[Schedule], guidance: float) -> Gui
         )
         return GuidanceChoice(nearest, label)
     weight = (guidance - a.guidance_scale) / (b.guidance_scale - a.guidance_scale)
-    label = f"blend of cfg{a.guidance_scale:g} and cfg{b.guidance_scale:g} at {guidance:g}"
-    return GuidanceChoice(_blend(a, b, weight, guidance, label), label, blended=True)
+    interval = _fitted_in_g(a, b)
+    if interval is not None:
+        label = f"fit in g of cfg{a.guidance_scale:g} to cfg{b.guidance_scale:g} at {guidance:g}"
+        coefficients = polynomial_coefficients(
+            interval.center, interval.scale, interval.terms, guidance
+        )
+    else:
+        label = f"blend of cfg{a.guidance_scale:g} and cfg{b.guidance_scale:g} at {guidance:g}"
+        coefficients = None
+    schedule = _blend(a, b, weight, guidance, label, coefficients)
+    return GuidanceChoice(schedule, label, blended=True)
 
 
 def _blendable(a: Schedule, b: Schedule) -> bool:
@@ -94,13 +106,22 @@ def _mix(x: float, y: float, weight: float) -> float:
     return (1.0 - weight) * x + weight * y
 
 
-def _blend(a: Schedule, b: Schedule, weight: float, guidance: float, label: str) -> Schedule:
-    """``a`` and ``b`` mixed with ``weight`` on ``b``: coefficients interpolated, the report's
-    per-step errors the larger of the two (no example was run at ``guidance``)."""
-    coefficients = [
-        [_mix(x, y, weight) for x, y in zip(row_a, row_b, strict=True)]
-        for row_a, row_b in zip(a.coefficients, b.coefficients, strict=True)
-    ]
+def _blend(
+    a: Schedule,
+    b: Schedule,
+    weight: float,
+    guidance: float,
+    label: str,
+    coefficients: list[list[float]] | None = None,
+) -> Schedule:
+    """``a`` and ``b`` mixed with ``weight`` on ``b``: the given coefficients (fitted in g), else
+    the two interpolated; the report's per-step errors the larger of the two (no example was
+    run at ``guidance``)."""
+    if coefficients is None:
+        coefficients = [
+            [_mix(x, y, weight) for x, y in zip(row_a, row_b, strict=True)]
+            for row_a, row_b in zip(a.coefficients, b.coefficients, strict=True)
+        ]
     ra, rb = a.fit_report, b.fit_report
     report = FitReport(
         path=list(ra.path),
@@ -108,7 +129,7 @@ def _blend(a: Schedule, b: Schedule, weight: float, guidance: float, label: str)
         condition_numbers=[
             max(x, y) for x, y in zip(ra.condition_numbers, rb.condition_numbers, strict=True)
         ],
-        warnings=[f"{label}: coefficients interpolated, not fitted or validated at {guidance:g}"],
+        warnings=[f"{label}: coefficients not fitted or validated at {guidance:g}"],
         guidance_grid=list(ra.guidance_grid),
     )
     return replace(
@@ -118,4 +139,25 @@ def _blend(a: Schedule, b: Schedule, weight: float, guidance: float, label: str)
         num_examples=min(a.num_examples, b.num_examples),
         init_noise_sigma=_mix(a.init_noise_sigma, b.init_noise_sigma, weight),
         fit_report=report,
+        guidance_interval=None,
     )
+
+
+def polynomial_coefficients(
+    center: float, scale: float, terms: Sequence[Sequence[Sequence[float]]], guidance: float
+) -> list[list[float]]:
+    """Step i's weights ``w_i(g) = sum_p terms[i][p] s^p`` with ``s = (g - center) / scale``
+    (:mod:`schedules.guidance_fit`)."""
+    s = (float(guidance) - center) / scale
+    return [
+        [sum(row[j] * s**p for p, row in enumerate(step)) for j in range(len(step[0]))]
+        for step in terms
+    ]
+
+
+def _fitted_in_g(a: Schedule, b: Schedule) -> GuidanceInterval | None:
+    """``a``'s guidance interval when it reaches exactly to ``b``'s scale."""
+    interval = a.guidance_interval
+    if interval is None or abs(interval.high - b.guidance_scale) > EXACT:
+        return None
+    return interval

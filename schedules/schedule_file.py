@@ -225,6 +225,40 @@ class HeldoutReport:
 
 @_file_errors
 @dataclass(frozen=True)
+class GuidanceInterval:
+    """Coefficients polynomial in the guidance scale, for scales from ``low`` to ``high``
+    (:mod:`schedules.guidance_fit`): step i's weights at g are
+    ``sum_p terms[i][p] ((g - center) / scale)^p``.
+
+    Args:
+        low: the lowest scale served with it (the schedule's own ``guidance_scale``).
+        high: the highest (the next calibrated scale of the grid).
+        center: g_0.
+        scale: h > 0.
+        terms: per step, ``degree + 1`` ragged rows of ``i + 2`` numbers each.
+    """
+
+    low: FiniteFloat
+    high: FiniteFloat
+    center: FiniteFloat
+    scale: Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
+    terms: list[list[list[Coefficient]]]
+
+    @model_validator(mode="after")
+    def _ordered_and_one_degree(self) -> GuidanceInterval:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
+        degrees = {len(step) for step in self.terms}
+        if len(degrees) != 1 or 0 in degrees:
+            raise ValueError("every step needs the same number (>= 1) of polynomial terms")
+        for i, step in enumerate(self.terms):
+            if any(len(row) != i + 2 for row in step):
+                raise ValueError(f"terms[{i}] rows must hold {i + 2} numbers (ragged rows)")
+        return self
+
+
+@_file_errors
+@dataclass(frozen=True)
 class Candidate:
     """One path the closed-loop search tried and its final closed-loop error.
 
@@ -305,6 +339,9 @@ class Schedule:
         model_identity: the identity of the weights it was fitted on
             (:mod:`schedules.model_identity`); a file with one serves only that identity, a
             file without one (``""``, older files) any model with its ``model_id``.
+        guidance_interval: how a guidance grid serves the scales between this schedule's and the
+            next one's (:class:`GuidanceInterval`); ``None`` (older files, single schedules):
+            linear interpolation of the two (:mod:`schedules.guidance_blend`).
 
     Physical ranges are checked too: timesteps within the teacher's training range
     ``0 <= t < num_train_timesteps`` (an integer in the teacher config, default 1000),
@@ -327,6 +364,7 @@ class Schedule:
     format_version: Literal[1] = FORMAT_VERSION
     prediction_type: StrictStr = ""
     model_identity: StrictStr = ""
+    guidance_interval: GuidanceInterval | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -369,6 +407,14 @@ class Schedule:
                 raise ValueError(
                     f"coefficients[{i}] must hold {i + 2} numbers (ragged rows), got {len(row)}"
                 )
+        interval = self.guidance_interval
+        if interval is not None and (
+            len(interval.terms) != k or abs(interval.low - self.guidance_scale) > 1e-9
+        ):
+            raise ValueError(
+                f"guidance_interval must have {k} steps and start at guidance_scale "
+                f"{self.guidance_scale:g}"
+            )
         report = self.fit_report
         for name in ("path", "step_errors", "condition_numbers"):
             if len(getattr(report, name)) != k:

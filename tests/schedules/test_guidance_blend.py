@@ -1,9 +1,10 @@
-"""An OLSS schedule at any guidance scale: the blend of a calibrated grid's neighbours.
+"""An OLSS schedule at any guidance scale, from a calibrated grid.
 
-Unit checks of :func:`schedules.guidance_blend.schedule_for_guidance` (exact scales, linear
-blends, the nearest schedule outside the grid or across different paths, labels, errors), then
-the blend's quality on the analytic testbed: an 8-d, 3-class mixture, a grid of guidance 3, 5
-and 7.5 sharing one path per step count, scored at 4 and 6.
+Unit checks of :func:`schedules.guidance_blend.schedule_for_guidance` (exact scales, guidance
+intervals fitted in g, linear blends, the nearest schedule outside the grid or across different
+paths, labels, errors, the interval's file checks), then the served schedule's quality on the
+analytic testbed: an 8-d, 3-class mixture, a grid of guidance 3, 5 and 7.5 sharing one path per
+step count with its intervals fitted in g, scored at 4 and 6.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from devtools.sd_configs import SD_DDIM_CONFIG
 from schedules import OLSSScheduler, search
 from schedules.closed_loop import FitGroup
 from schedules.guidance_blend import schedule_for_guidance
+from schedules.guidance_fit import with_guidance_intervals
 from schedules.heldout import example_errors
 from schedules.olss_search import search_guidance_grid, search_steps
 from schedules.sampling import run_sampler
+from schedules.schedule_file import GuidanceInterval, Schedule, ScheduleFileError
 from schedules.teachers import parse_teacher
 from tests.support.schedules import build_schedule
 
@@ -54,6 +57,44 @@ def test_between_two_scales_the_coefficients_are_interpolated_linearly() -> None
     assert "not fitted or validated at 4.2" in schedule.fit_report.warnings[0]
     scheduler = OLSSScheduler.from_schedule(schedule)
     assert scheduler.config.guidance_scale == 4.2
+
+
+def with_interval(schedule, high: float, terms):
+    interval = GuidanceInterval(schedule.guidance_scale, high, 4.0, 2.0, terms)
+    return replace(schedule, guidance_interval=interval)
+
+
+def test_a_guidance_interval_serves_its_polynomial_up_to_the_next_scale() -> None:
+    a, b, c = grid(3.0, 5.0, 7.5)
+    # step i's weights: first = 1 + s (s = (g - 4) / 2), the others as in the base schedule
+    terms = [[[1.0, *row[1:]], [1.0] + [0.0] * (len(row) - 1)] for row in a.coefficients]
+    choice = schedule_for_guidance([with_interval(a, 5.0, terms), b, c], 4.5)
+    assert choice.blended and choice.label == "fit in g of cfg3 to cfg5 at 4.5"
+    assert [row[0] for row in choice.schedule.coefficients] == pytest.approx([1.25] * 3)
+    assert [row[1:] for row in choice.schedule.coefficients] == [row[1:] for row in a.coefficients]
+    assert choice.schedule.guidance_interval is None
+    # an interval that does not reach the next scale is ignored: the linear blend
+    short = schedule_for_guidance([with_interval(a, 4.9, terms), b, c], 4.5)
+    assert short.label == "blend of cfg3 and cfg5 at 4.5"
+    # the interval above 5 has none: the linear blend
+    assert schedule_for_guidance([with_interval(a, 5.0, terms), b, c], 6.0).label.startswith(
+        "blend of cfg5 and cfg7.5"
+    )
+
+
+def test_guidance_intervals_are_checked_and_survive_a_file(tmp_path) -> None:
+    a = grid(3.0)[0]
+    terms = [[list(row)] for row in a.coefficients]
+    saved = with_interval(a, 5.0, terms).save(tmp_path / "a.json")
+    assert Schedule.load(saved).guidance_interval == with_interval(a, 5.0, terms).guidance_interval
+    with pytest.raises(ScheduleFileError, match="below high"):
+        with_interval(a, 2.0, terms)
+    with pytest.raises(ScheduleFileError, match="ragged"):
+        with_interval(a, 5.0, [[[1.0]] for _ in a.coefficients])
+    with pytest.raises(ScheduleFileError, match="start at guidance_scale"):
+        replace(a, guidance_interval=GuidanceInterval(2.0, 5.0, 4.0, 2.0, terms))
+    with pytest.raises(ScheduleFileError):
+        with_interval(a, 5.0, [[[1e7, *row[1:]]] for row in a.coefficients])
 
 
 def test_outside_the_grid_the_nearest_end_is_used() -> None:
@@ -116,14 +157,16 @@ class Beds:
 def test_a_blended_schedule_is_close_to_one_fitted_at_that_scale() -> None:
     beds = Beds()
     fitted = [beds.at(g)[:2] for g in GRID]
-    schedules = search_guidance_grid([FitGroup(t, m) for t, m in fitted], STEPS)
+    groups = [FitGroup(t, m) for t, m in fitted]
+    schedules = with_guidance_intervals(search_guidance_grid(groups, STEPS), groups)
     assert all(s.fit_report.guidance_grid == list(GRID) for s in schedules)
+    assert [s.guidance_interval is not None for s in schedules] == [True, True, False] * 2
     for guidance in (4.0, 6.0):
         traj, cal, held, target = beds.at(guidance)
         searched = {s.num_steps: s for s in search_steps(traj, STEPS, cal)}
         for k in STEPS:
             choice = schedule_for_guidance([s for s in schedules if s.num_steps == k], guidance)
-            assert choice.blended
+            assert choice.blended and choice.label.startswith("fit in g of")
             blended = beds.error(choice.schedule, held, target)
             # Fitted at exactly this scale on the grid's path: the interpolation costs <= 1.3x.
             same_path = search(traj, k, cal, path=choice.schedule.fit_report.path)
