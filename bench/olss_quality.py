@@ -9,7 +9,9 @@ prediction), so every error below is the sampler's own. For each mixture and gui
 2. Teacher: a ``name:T`` teacher of :mod:`schedules.teachers` (default the project's,
    ``schedules.teachers.DEFAULT_TEACHER``) run on *separate* calibration noises and recorded
    with ``TrajectoryRecorder``; OLSS is fitted on it: ``closed-loop`` is the default search of
-   every step count at once (:func:`schedules.olss_search.search_steps`), ``closed-loop (old)``
+   every step count at once (:func:`schedules.olss_search.search_steps`) with ``olss
+   calibrate``'s search examples and evaluation budget (``--search-examples``,
+   ``--max-evaluations``), ``closed-loop (old)``
    the search as shipped before (:mod:`bench.olss_search_baseline`), ``paper`` and ``uniform``
    the paper's teacher-forced fits.
 3. Every sampler runs k model evaluations from the held-out noises; the metric is the mean over
@@ -27,7 +29,8 @@ a calibrated grid (:mod:`schedules.guidance_blend`) against a schedule fitted at
 scale.
 
 Run ``python -m bench.olss_quality`` (every case; long), ``--quick`` for a smoke run,
-``--out results.json`` for the raw numbers, ``--markdown`` for the tables as Markdown.
+``--out results.json`` for the raw numbers, ``--markdown`` for the tables as Markdown, and
+``--merge a.json b.json ...`` for the tables of runs made case by case.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from diffusers import (
     EulerDiscreteScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
+    SASolverScheduler,
     UniPCMultistepScheduler,
 )
 
@@ -64,7 +68,8 @@ from devtools.analytic import (
 )
 from devtools.sd_configs import SD_DDIM_CONFIG, sd_scheduler
 from schedules import Method, OLSSScheduler, search
-from schedules.closed_loop import FitGroup
+from schedules.calibration import DEFAULT_MAX_EVALUATIONS, DEFAULT_SEARCH_EXAMPLES, DEFAULT_STEPS
+from schedules.closed_loop import EvaluationBudget, FitGroup
 from schedules.guidance_blend import schedule_for_guidance
 from schedules.heldout import example_errors
 from schedules.olss_search import search_guidance_grid, search_steps
@@ -157,8 +162,16 @@ class Peer:
         return run_sampler(scheduler, model_fn, noise, num_inference_steps=n)
 
 
+def deterministic_tau(_: float) -> float:
+    """SA-Solver's stochasticity tau(t) = 0: its deterministic (ODE) predictor-corrector."""
+    return 0.0
+
+
 _DDIM = {"set_alpha_to_one": True, "clip_sample": False}
 _KARRAS = {"use_karras_sigmas": True}
+_DPM_SOLVER = {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}
+_UNIPC_BH1 = {"solver_type": "bh1", "final_sigmas_type": "sigma_min"}
+"""bh1's last step to sigma = 0 gives NaN in diffusers 0.42.1; it ends at sigma_min instead."""
 PEERS: tuple[Peer, ...] = (
     Peer("DDIM", DDIMScheduler, _DDIM),
     Peer("PNDM", PNDMScheduler, {"skip_prk_steps": True, "set_alpha_to_one": True}, SPACINGS, 1),
@@ -167,6 +180,9 @@ PEERS: tuple[Peer, ...] = (
     Peer("LMS", LMSDiscreteScheduler),
     Peer("LMS Karras", LMSDiscreteScheduler, _KARRAS, ("linspace",)),
     Peer("DEIS", DEISMultistepScheduler),
+    Peer("DEIS-3", DEISMultistepScheduler, {"solver_order": 3}),
+    Peer("DEIS Karras", DEISMultistepScheduler, _KARRAS, ("linspace",)),
+    Peer("DPM-Solver-2M", DPMSolverMultistepScheduler, _DPM_SOLVER),
     Peer("DPM++2M", DPMSolverMultistepScheduler),
     Peer("DPM++2M Karras", DPMSolverMultistepScheduler, _KARRAS, ("linspace",)),
     Peer("DPM++3M", DPMSolverMultistepScheduler, {"solver_order": 3}),
@@ -174,9 +190,14 @@ PEERS: tuple[Peer, ...] = (
         "DPM++3M Karras", DPMSolverMultistepScheduler, {"solver_order": 3, **_KARRAS}, ("linspace",)
     ),
     Peer("UniPC", UniPCMultistepScheduler),
+    Peer("UniPC-3", UniPCMultistepScheduler, {"solver_order": 3}),
+    Peer("UniPC bh1", UniPCMultistepScheduler, _UNIPC_BH1),
     Peer("UniPC Karras", UniPCMultistepScheduler, _KARRAS, ("linspace",)),
+    Peer("SA-Solver", SASolverScheduler, {"tau_func": deterministic_tau}),
     Peer("AYS DPM++2M", DPMSolverMultistepScheduler, timesteps_fn=ays_timesteps),
 )
+"""Every deterministic multistep sampler of diffusers that runs on SD's VP betas (each order
+and solver variant that changes its steps), with Karras sigmas where it takes them, plus AYS."""
 
 
 @dataclass(frozen=True)
@@ -193,6 +214,16 @@ class BenchConfig:
     reference_steps: int = 1000
     old_search: bool = True
     seed: int = 0
+    search_examples: int | None = DEFAULT_SEARCH_EXAMPLES
+    max_evaluations: int | None = DEFAULT_MAX_EVALUATIONS
+
+    def search_budget(self) -> EvaluationBudget:
+        """``olss calibrate``'s search budget (``max_evaluations`` for its default step counts),
+        scaled to this run's step counts so that each k gets about the share it gets there."""
+        if self.max_evaluations is None:
+            return EvaluationBudget()
+        scale = sum(self.steps) / sum(DEFAULT_STEPS)
+        return EvaluationBudget(max_evaluations=round(self.max_evaluations * scale))
 
 
 @dataclass
@@ -288,7 +319,13 @@ class Testbed:
 def fit_olss(bed: Testbed, method: str, steps: Sequence[int]) -> dict[int, tuple[Schedule, float]]:
     """Schedules of ``method`` for every step count, with the seconds each took."""
     if method == Method.CLOSED_LOOP:
-        schedules = search_steps(bed.traj, steps, bed.cal_fn)
+        schedules = search_steps(
+            bed.traj,
+            steps,
+            bed.cal_fn,
+            budget=bed.cfg.search_budget(),
+            search_examples=bed.cfg.search_examples,
+        )
         return {s.num_steps: (s, s.fit_report.cost.seconds) for s in schedules}
     fitted = {}
     for k in steps:
@@ -456,6 +493,37 @@ def robustness_table(results: Sequence[CaseResult], steps: Sequence[int]) -> Tab
     return Table("OLSS closed-loop: mean / 95th percentile / worst class mean", header, rows)
 
 
+def targets_table(results: Sequence[CaseResult]) -> Table:
+    """Per case, issue 9's targets in one line: the largest ratio to the best peer at 4-6 and
+    at 8-10 steps, 10 steps against the teacher, the largest worst-class / mean and
+    mean / p95 ratios over the step counts, and whether the error falls with k."""
+    m = Method.CLOSED_LOOP
+    header = ["case", "4-6 / peer", "8-10 / peer", "10 / teacher", "worst / mean"]
+    header += ["mean / p95", "monotone"]
+    rows = []
+    for r in results:
+        errs = r.errors[m]
+        ks = sorted(errs)
+        few = [errs[k] / r.best_peer(k)[1] for k in ks if TARGETS.get(k) == 0.25]
+        more = [errs[k] / r.best_peer(k)[1] for k in ks if TARGETS.get(k) == 0.5]
+        rows.append(
+            [
+                f"{r.mixture} g={r.guidance:g}",
+                f"{max(few):.2f}x" if few else "-",
+                f"{max(more):.2f}x" if more else "-",
+                f"{errs[10] / r.teacher_error:.2f}x" if 10 in errs else "-",
+                f"{max(r.worst_condition[m][k] / errs[k] for k in ks):.2f}x",
+                f"{max(errs[k] / r.p95[m][k] for k in ks):.2f}",
+                "yes" if all(errs[b] <= errs[a] for a, b in itertools.pairwise(ks)) else "NO",
+            ]
+        )
+    title = (
+        "Targets: <= 0.25x at 4-6, <= 0.5x at 8-10, <= 1.5x teacher at 10, worst class <= 3x "
+        "mean, mean <= p95, monotone"
+    )
+    return Table(title, header, rows)
+
+
 def check_targets(results: Sequence[CaseResult]) -> list[str]:
     """Issue 9's targets on every case: ratio to the best peer (:data:`TARGETS`), 10 steps
     within 1.5x of the teacher's own error, mean <= p95, worst class <= 3x the mean, and the
@@ -487,25 +555,49 @@ def check_targets(results: Sequence[CaseResult]) -> list[str]:
     return lines
 
 
-def analytic_tables(
-    cfg: BenchConfig, mixtures: dict[str, MixtureConfig]
-) -> tuple[dict[str, Table], list[CaseResult]]:
-    """Run every (mixture, guidance) case and build the summary and per-case tables."""
+def run_cases(cfg: BenchConfig, mixtures: dict[str, MixtureConfig]) -> list[CaseResult]:
+    """Every (mixture, guidance) case of ``cfg``."""
     results = []
     for name in cfg.mixtures:
         for guidance in cfg.guidances:
             start = time.perf_counter()
             results.append(evaluate_case(name, mixtures[name], guidance, cfg))
             print(f"[{name} g={guidance:g}] {time.perf_counter() - start:.0f}s", file=sys.stderr)
+    return results
+
+
+def load_cases(paths: Sequence[Path]) -> list[CaseResult]:
+    """The cases of earlier ``--out`` files (JSON keys back to step counts)."""
+
+    def by_step(table: dict[str, Any]) -> dict[int, Any]:
+        return {int(k): v for k, v in table.items()}
+
+    results = []
+    for path in paths:
+        for case in json.loads(path.read_text())["cases"]:
+            for name in ("errors", "peer_spacing", "search_seconds", "olss_paths"):
+                case[name] = {m: by_step(t) for m, t in case[name].items()}
+            for name in ("p95", "worst_condition"):
+                case[name] = {m: by_step(t) for m, t in case[name].items()}
+            case["evaluations"] = by_step(case["evaluations"])
+            results.append(CaseResult(**case))
+    return results
+
+
+def analytic_tables(
+    results: Sequence[CaseResult], steps: Sequence[int], old_search: bool = True
+) -> dict[str, Table]:
+    """The summary, robustness, old-vs-new and per-case tables of ``results``."""
     tables = {
-        "analytic-summary": summary_table(results, cfg.steps),
-        "analytic-robustness": robustness_table(results, cfg.steps),
+        "analytic-summary": summary_table(results, steps),
+        "analytic-robustness": robustness_table(results, steps),
+        "analytic-targets": targets_table(results),
     }
-    if cfg.old_search:
-        tables["analytic-old-vs-new"] = old_new_table(results, cfg.steps)
+    if old_search:
+        tables["analytic-old-vs-new"] = old_new_table(results, steps)
     for r in results:
-        tables[f"analytic-{r.mixture}-g{r.guidance:g}"] = case_table(r, cfg.steps)
-    return tables, results
+        tables[f"analytic-{r.mixture}-g{r.guidance:g}"] = case_table(r, steps)
+    return tables
 
 
 @dataclass(frozen=True)
@@ -581,10 +673,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--guidance", nargs="+", type=float, default=list(BenchConfig.guidances))
     parser.add_argument("--no-old-search", action="store_true", help="skip the old search")
     parser.add_argument(
+        "--search-examples",
+        type=int,
+        default=BenchConfig.search_examples,
+        help="examples the closed-loop path search runs on (default: olss calibrate's)",
+    )
+    parser.add_argument(
+        "--max-evaluations",
+        type=int,
+        default=BenchConfig.max_evaluations,
+        help="closed-loop search budget for olss calibrate's default step counts, scaled to "
+        "--steps (default: olss calibrate's; 0: no limit)",
+    )
+    parser.add_argument(
         "--guidance-grid",
         nargs="+",
         type=float,
         help="measure off-grid guidance: fit this grid, score at the --guidance scales",
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        help="print the tables of earlier --out files instead of running (one case per file ok)",
     )
     parser.add_argument(
         "--digits", action="store_true", help="the olss-digits table (bench/digits_quality.py)"
@@ -621,6 +732,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             teacher=args.teacher,
             prediction_type=args.prediction_type,
             old_search=not args.no_old_search,
+            search_examples=args.search_examples,
+            max_evaluations=args.max_evaluations or None,
         )
     payload: dict[str, Any] = {"config": asdict(cfg)}
     if args.guidance_grid:
@@ -629,7 +742,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(table.to_markdown() if args.markdown else table.to_text())
         payload["grid"] = [asdict(r) for r in grid_results]
     else:
-        tables, results = analytic_tables(cfg, mixtures)
+        if args.merge:
+            results = load_cases(args.merge)
+            steps = sorted({k for r in results for k in r.errors[Method.CLOSED_LOOP]})
+            tables = analytic_tables(results, steps, all(OLD in r.errors for r in results))
+        else:
+            results = run_cases(cfg, mixtures)
+            tables = analytic_tables(results, cfg.steps, cfg.old_search)
         for table in tables.values():
             print(table.to_markdown() if args.markdown else table.to_text(), end="\n\n")
         missed = check_targets(results)

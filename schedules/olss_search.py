@@ -234,7 +234,7 @@ def schedule_from_fit(
         model_id=traj.model_id,
         teacher=TeacherInfo(
             scheduler_class=traj.teacher_class,
-            config=dict(traj.teacher_config or {}),
+            config=json_safe_config(traj.teacher_config or {}),
             num_steps=traj.num_steps,
         ),
         guidance_scale=float(traj.guidance_scale),
@@ -252,6 +252,17 @@ def schedule_from_fit(
             warnings=list(warnings),
         ),
     )
+
+
+def json_safe_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A scheduler config without its non-finite floats, which JSON cannot hold: diffusers' only
+    one is ``DPMSolverMultistepScheduler``'s default ``lambda_min_clipped = -inf``, which
+    ``from_config`` restores when the key is absent."""
+    return {
+        key: value
+        for key, value in config.items()
+        if not (isinstance(value, float) and not np.isfinite(value))
+    }
 
 
 def _method(method: Method | str) -> Method:

@@ -11,7 +11,8 @@ For step counts ``k_1 < k_2 < ...`` (Duan et al., arXiv:2305.14677, fitted close
    time, each in the gap where it helps most.
 3. The chosen path is fitted on every fitted example, then its coefficients are refined jointly
    for the final error (:mod:`schedules.joint_refine`, on the search examples; kept per group
-   where the validation error drops); the validation examples run through it.
+   where the validation error drops; skipped, its budget share going to the path search, when
+   that share cannot pay for one iteration); the validation examples run through it.
    It is accepted only if no group's validation error is higher than that of the schedule for
    ``k_{j-1}``; otherwise the ``k_{j-1}`` schedule is kept with idle steps inserted
    (:func:`schedules.fit.with_idle_steps`), which samples exactly as it does. So the error never
@@ -166,9 +167,10 @@ def search_step_counts(
     Args:
         groups: example groups (e.g. one per guidance scale), same teacher timesteps.
         step_counts: the k to fit (any order; the results come back ascending).
-        budget: model evaluations and time for the path searches, shared out over the step
-            counts in proportion to k; the final fits of the chosen paths always run. Its
-            ``evaluations`` count everything spent. Default: no limit (each coordinate descent
+        budget: model evaluations and time for the path searches and refinements, shared out
+            over the step counts in proportion to k; the final fits of the chosen paths always
+            run, on top of its evaluations (within its time). Its ``evaluations`` count
+            everything spent. Default: no limit (each coordinate descent
             stops by its own rule).
         search_examples: most examples per group the path search runs on (``None``: every
             fitted one).
@@ -196,18 +198,22 @@ def search_step_counts(
     gram = gram_matrix(concat_trajectories([g.traj for g in searcher.groups]))
     paper_fitter = GramFitter(gram, rcond=rcond, max_coef=max_coef)
     results: list[SteppedFit] = []
+    searched = 0  # evaluations of the path searches and refinements so far (not final fits)
     for j, k in enumerate(steps):
         started = time.perf_counter()
-        allowance = _share(budget, steps[j:], k)
-        search_share = 1.0 - refine_share if refine_iterations else 1.0
-        searcher.budget = _scaled(allowance, search_share)
+        allowance = _share(budget, searched, steps[j:], k)
+        refine = bool(refine_iterations) and 1 < k <= REFINE_MAX_STEPS
+        if refine and allowance.max_evaluations is not None:
+            iteration = refinement_iteration_calls(k) * searcher.num_examples
+            refine = allowance.max_evaluations * refine_share >= iteration
+        searcher.budget = _scaled(allowance, 1.0 - refine_share if refine else 1.0)
         final.budget = EvaluationBudget()
         search = PathSearch(searcher, sweeps=sweeps, tolerance=tolerance, progress=progress)
         seeds = _grown_seeds(search, results[-1].fits[0].path, k) if results else []
         search.run(k, closed_loop_candidates(paper_fitter, k), seeds)
         spent = searcher.budget.evaluations
         fit = _first_valid(final, search.ranked(k))
-        if fit is not None and refine_iterations and 1 < k <= REFINE_MAX_STEPS:
+        if fit is not None and refine:
             refine_budget = _remainder(allowance, spent, time.perf_counter() - started)
             fit = _refined(searcher, final, fit, refine_iterations, refine_budget)
             spent += refine_budget.evaluations
@@ -222,12 +228,21 @@ def search_step_counts(
             result = _stepped(k, fit, final, search.log)
             if results and _worse(result, results[-1]):
                 result = _idle_copy(results[-1], k, T, search.log)
+        searched += spent
         evaluations = spent + final.budget.evaluations
         budget.evaluations += evaluations
         results.append(
             replace(result, evaluations=evaluations, seconds=time.perf_counter() - started)
         )
     return results
+
+
+def refinement_iteration_calls(k: int) -> int:
+    """Model calls (per example) of one Levenberg-Marquardt iteration of a k-step refinement:
+    its forward-difference Jacobian, ``sum_i (i+2)(k-1-i)``, and one trial run, ``k-1``
+    (:mod:`schedules.joint_refine`). A step count whose refinement share cannot pay for one
+    gives the whole share to the path search instead."""
+    return sum((i + 2) * (k - 1 - i) for i in range(k)) + k - 1
 
 
 def _search_fitter(
@@ -247,12 +262,17 @@ def _search_fitter(
     return ClosedLoopFitter(groups, fit_masks, max_coef=max_coef)
 
 
-def _share(budget: EvaluationBudget, remaining_steps: Sequence[int], k: int) -> EvaluationBudget:
-    """This k's part of what is left of ``budget``, in proportion to k."""
+def _share(
+    budget: EvaluationBudget, searched: int, remaining_steps: Sequence[int], k: int
+) -> EvaluationBudget:
+    """This k's part, in proportion to k, of what the searches of the shorter step counts
+    (``searched`` evaluations) left of ``budget``'s evaluations, and of its time. The final fits
+    do not draw on the evaluations: on many calibration examples they would starve the longer
+    step counts' searches."""
     part = k / sum(remaining_steps)
     evaluations = None
     if budget.max_evaluations is not None:
-        evaluations = max(0, int((budget.max_evaluations - budget.evaluations) * part))
+        evaluations = max(0, int((budget.max_evaluations - searched) * part))
     seconds = None
     if budget.max_seconds is not None:
         seconds = max(0.0, budget.max_seconds - budget.seconds) * part

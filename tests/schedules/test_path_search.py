@@ -116,3 +116,23 @@ def test_closed_loop_on_given_path(mixture_traj, mixture) -> None:
     assert schedule.timesteps == [mixture_traj.timestep(p) for p in (0, 28, 34)]
     assert [len(row) for row in schedule.coefficients] == [2, 3, 4]
     assert np.isfinite(schedule.fit_report.condition_numbers).all()
+
+
+def test_a_default_teacher_schedule_saves_and_loads(mixture, mixture_noise, tmp_path) -> None:
+    """DPM-Solver++'s config holds ``lambda_min_clipped = -inf``, which JSON cannot: the saved
+    teacher config leaves it out, and the file loads and rebuilds the teacher's class."""
+    from devtools.sd_configs import SD_DDIM_CONFIG
+    from schedules.samplers import build_sampler
+    from schedules.schedule_file import Schedule
+    from schedules.teachers import DEFAULT_TEACHER, parse_teacher
+
+    name = DEFAULT_TEACHER.split(":")[0]
+    teacher = parse_teacher(f"{name}:40", SD_DDIM_CONFIG)
+    traj = record_trajectories(teacher.scheduler, mixture, mixture_noise, **teacher.run_kwargs())
+    assert traj.teacher_config["lambda_min_clipped"] == -np.inf
+    schedule = search(traj, 4, method="uniform")
+    loaded = Schedule.load(schedule.save(tmp_path / "s.json"))
+    assert loaded.timesteps == schedule.timesteps
+    assert "lambda_min_clipped" not in loaded.teacher.config
+    rebuilt = build_sampler(name, loaded.teacher.config)
+    assert rebuilt.config.lambda_min_clipped == -np.inf

@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 OLSS = {"closed-loop", "closed-loop (old)", "paper", "uniform"}
 PEERS = {"DDIM", "PNDM", "Euler", "Euler Karras", "LMS", "LMS Karras", "DEIS", "DPM++2M"}
 PEERS |= {"DPM++2M Karras", "DPM++3M", "DPM++3M Karras", "UniPC", "UniPC Karras", "AYS DPM++2M"}
+PEERS |= {"DEIS-3", "DEIS Karras", "DPM-Solver-2M", "UniPC-3", "UniPC bh1", "SA-Solver"}
 
 
 def test_quick_quality_bench_scores_every_sampler_and_olss_wins(tmp_path: Path) -> None:
