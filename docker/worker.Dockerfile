@@ -44,7 +44,7 @@ COPY workers ./workers
 COPY schedules ./schedules
 # The worker runs as olss (uid 10001), owner of the folders it writes: a new named volume mounted
 # there takes that owner. Volumes an older, root image made need a chown once
-# (docs/readme/deploy-security.md).
+# (README.md, "Security defaults").
 RUN python3 -m pip install --no-deps . \
     && useradd --system --uid 10001 --user-group --create-home --home-dir /home/olss olss \
     && mkdir -p "${HF_HOME}" "${OLSS_CACHE_DIR}" "${OLSS_SCHEDULE_DIR}" \

@@ -32,7 +32,7 @@ from schedules.schedule_file import GuidanceInterval, Schedule
 
 DEFAULT_DEGREE = 1
 """Degree of the coefficients' polynomial in g of one interval's fit (chosen on held-out
-guidance scales, see docs/readme/offgrid-guidance.md)."""
+guidance scales, see docs/BENCHMARKS.md, "Off-grid guidance")."""
 DEFAULT_OUTER_WEIGHT = 0.1
 """Least-squares weight of the scales just outside an interval in its fit (its ends weigh 1)."""
 

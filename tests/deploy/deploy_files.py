@@ -28,6 +28,7 @@ from olss_core.settings import ENV_PREFIX, Settings, load_settings
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 COMPOSE_CPU_FILE = ROOT / "docker-compose.cpu.yml"
+COMPOSE_SDXL_FILE = ROOT / "docker-compose.sdxl.yml"
 DOCKER_DIR = ROOT / "docker"
 PROMETHEUS_CONFIG = DOCKER_DIR / "prometheus" / "prometheus.yml"
 ALERT_RULES = DOCKER_DIR / "prometheus" / "alerts.yml"

@@ -13,6 +13,7 @@ import pytest
 from olss_core.settings import Settings
 from tests.deploy.deploy_files import (
     COMPOSE_FILE,
+    COMPOSE_SDXL_FILE,
     TEST_GRAFANA_PASSWORD,
     compose_config,
     compose_config_run,
@@ -29,6 +30,7 @@ STACK_SERVICES = {"redis", "gateway", "worker", "prometheus", "grafana"}
 NO_HEALTHCHECK_LABEL = "olss.no-healthcheck"
 # Services meant to be reached from other machines: the API, and Grafana (it has a login).
 PUBLIC_SERVICES = {"gateway", "grafana"}
+SDXL_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 
 
 @pytest.fixture(params=["gpu", "cpu"])
@@ -156,6 +158,19 @@ def test_gateway_and_workers_agree_on_the_model(
     gateway_model = settings_of(stack["services"]["gateway"], monkeypatch).model
     for name, service in worker_services(stack).items():
         assert settings_of(service, monkeypatch).model == gateway_model, name
+
+
+def test_sdxl_override_serves_sdxl_on_the_gpu_in_gateway_and_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sdxl = compose_config(COMPOSE_FILE, COMPOSE_SDXL_FILE)
+    assert settings_of(sdxl["services"]["gateway"], monkeypatch).model == SDXL_MODEL
+    workers = worker_services(sdxl)
+    assert workers
+    for name, service in workers.items():
+        assert settings_of(service, monkeypatch).model == SDXL_MODEL, name
+        devices = service["deploy"]["resources"]["reservations"]["devices"]
+        assert any("gpu" in device["capabilities"] for device in devices), name
 
 
 def test_cpu_override_runs_the_embedded_model_without_a_gpu(

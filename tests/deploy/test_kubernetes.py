@@ -57,7 +57,7 @@ from tests.deploy.k8s_files import (
 from workers.embedded_model import resolve_model
 from workers.metrics_server import READY_PATH
 
-# The oldest Kubernetes docs/readme/kubernetes.md claims, and the newest the schemas know.
+# The oldest Kubernetes the README claims, and the newest the schemas know.
 KUBERNETES_VERSIONS = ["1.30", kubernetes_validate.latest_version()]
 CUSTOM_KINDS = {
     ("keda.sh", "ScaledObject"),
