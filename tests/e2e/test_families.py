@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 from devtools.tiny_families import save_tiny_sd2_pipeline, save_tiny_sdxl_pipeline
+from schedules.model_identity import identity_digest, model_identity
 from tests.support.processes import (
     Gateway,
     Worker,
@@ -102,14 +103,18 @@ def test_a_family_is_served_with_olss_and_its_defaults(families: FamilyStack, na
     assert info is not None and (info.width, info.height) == (32, 32)
     assert info.default_guidance_scale == FAMILY_GUIDANCE[name]
     assert info.default_steps == (30 if name == "tiny-sdxl" else 25)
-    schedule_file = next((families.models[name].parent / "schedules").glob(f"{name}__*.json"))
+    # olss calibrate keys the files by the model's identity: its name plus a weights digest.
+    identity = model_identity(families.models[name])
+    stem = f"{name}-{identity_digest(identity)}"
+    schedule_file = next((families.models[name].parent / "schedules").glob(f"{stem}__*.json"))
+    saved = json.loads(schedule_file.read_text())
     expected = "v_prediction" if name == "tiny-sd2" else "epsilon"
-    assert json.loads(schedule_file.read_text())["prediction_type"] == expected
+    assert (saved["prediction_type"], saved["model_identity"]) == (expected, identity)
     with httpx.Client(base_url=families.gateway.url, timeout=120) as http:
         result = generate(http, families.models[name], prompt="a red fox", seed=5,
                           scheduler="olss", steps=OLSS_STEPS)
     assert result["schedule"] == info.default_schedule
-    assert result["schedule"].startswith(f"{name}__{OLSS_STEPS}steps")
+    assert result["schedule"].startswith(f"{stem}__{OLSS_STEPS}steps")
     assert pixels(result["images"][0]["data_base64"]).shape == (32, 32, 3)
 
 
