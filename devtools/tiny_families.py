@@ -30,13 +30,12 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from devtools.sd_configs import SD_DDIM_CONFIG, TINY
+from devtools.sd_configs import SD_DDIM_CONFIG, TINY, TINY_SD2, TINY_SDXL
 from devtools.tiny_pipeline import TOKENIZER_MAX_LENGTH, write_byte_level_tokenizer
 
-TEXT_HIDDEN = 32
-TIME_EMBED_DIM = 8
-"""SDXL's ``addition_time_embed_dim`` here; its six micro-conditioning numbers are embedded
-with it, so the added embedding has ``6 * TIME_EMBED_DIM + TEXT_HIDDEN`` inputs."""
+TEXT_HIDDEN = TINY.text["hidden_size"]
+"""The text encoders' width; the UNets (``TINY_SD2``, ``TINY_SDXL`` of
+:mod:`devtools.sd_configs`) are built for it."""
 
 
 def _text_config(vocab_size: int, tokenizer, projection_dim: int | None = None) -> CLIPTextConfig:
@@ -61,10 +60,8 @@ def build_tiny_sd2_pipeline(
     torch.manual_seed(seed)
     tokenizer = write_byte_level_tokenizer(Path(work_dir) / "tokenizer_files")
     text_encoder = CLIPTextModel(_text_config(len(tokenizer.get_vocab()), tokenizer))
-    unet = UNet2DConditionModel(
-        **{**TINY.unet, "attention_head_dim": (2, 4), "use_linear_projection": True}
-    )
-    scheduler_config = {**SD_DDIM_CONFIG, "prediction_type": "v_prediction"}
+    unet = UNet2DConditionModel(**TINY_SD2.unet)
+    scheduler_config = {**SD_DDIM_CONFIG, "prediction_type": TINY_SD2.prediction_type}
     if zero_terminal_snr:
         scheduler_config |= {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
     return StableDiffusionPipeline(
@@ -91,17 +88,7 @@ def build_tiny_sdxl_pipeline(work_dir: Path, seed: int = 0) -> StableDiffusionXL
     text_encoder_2 = CLIPTextModelWithProjection(
         _text_config(vocab, tokenizer_2, projection_dim=TEXT_HIDDEN)
     )
-    unet = UNet2DConditionModel(
-        **{
-            **TINY.unet,
-            "attention_head_dim": (2, 4),
-            "use_linear_projection": True,
-            "addition_embed_type": "text_time",
-            "addition_time_embed_dim": TIME_EMBED_DIM,
-            "projection_class_embeddings_input_dim": 6 * TIME_EMBED_DIM + TEXT_HIDDEN,
-            "cross_attention_dim": 2 * TEXT_HIDDEN,
-        }
-    )
+    unet = UNet2DConditionModel(**TINY_SDXL.unet)
     scheduler = EulerDiscreteScheduler(
         **{k: SD_DDIM_CONFIG[k] for k in ("beta_start", "beta_end", "beta_schedule")},
         steps_offset=1,
