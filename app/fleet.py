@@ -20,7 +20,12 @@ from redis.asyncio import Redis
 
 from app.errors import Calibrating, InvalidRequest, NoWorker, UnknownModel
 from olss_core.keys import LAST_READY_HASH, MODELS_SET, WORKERS_SET, worker_key
-from olss_core.protocol import WorkerInfo, WorkerState, calibration_retry_after_s
+from olss_core.protocol import (
+    CalibrationProgress,
+    WorkerInfo,
+    WorkerState,
+    calibration_retry_after_s,
+)
 
 NO_WORKER_RETRY_AFTER_S = 10
 
@@ -88,13 +93,18 @@ class Fleet:
         return [w for w in self.unready if w.state is WorkerState.CALIBRATING
                 and (model is None or w.serves(model))]
 
+    def calibration_ahead(self, model: str | None = None) -> CalibrationProgress | None:
+        """The progress of the calibration of ``model`` (``None``: any) that is furthest on."""
+        progresses = [w.calibration for w in self.calibrating(model) if w.calibration is not None]
+        return max(progresses, key=lambda p: p.fraction, default=None)
+
     def _raise_if_calibrating(self, model: str | None) -> None:
         """``Calibrating`` (503) when workers of ``model`` calibrate: it is served soon."""
         workers = self.calibrating(model)
         if not workers:
             return
         progresses = [w.calibration for w in workers if w.calibration is not None]
-        ahead = max(progresses, key=lambda p: p.fraction, default=None)
+        ahead = self.calibration_ahead(model)
         where = "" if ahead is None else (
             f" ({ahead.phase}, {100 * ahead.fraction:.0f}% done"
             + ("" if ahead.eta_s is None else f", about {ahead.eta_s:.0f} s left") + ")"

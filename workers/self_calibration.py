@@ -212,13 +212,9 @@ class SelfCalibration:
         lock = CalibrationLock(self.redis, calibration_lock_key(model.key, model.identity),
                                self.worker_id, self.settings.calibrate_lock_ttl_s)
         while True:
-            missing = missing_steps(registry, model.key, model.identity, steps,
-                                    model.default_guidance)
-            if not missing:
-                log.info("schedules for steps %s are in the registry now", steps)
-                return None
             if lock.acquire():
                 with lock.held():
+                    # The last holder may have written them just before it let go.
                     missing = missing_steps(registry, model.key, model.identity, steps,
                                             model.default_guidance)
                     if not missing:
@@ -230,6 +226,11 @@ class SelfCalibration:
                         return f"calibration failed: {type(error).__name__}: {error}"
                 return None
             self._wait_for(lock.holder(), missing)
+            missing = missing_steps(registry, model.key, model.identity, steps,
+                                    model.default_guidance)
+            if not missing:
+                log.info("schedules for steps %s are in the registry now", steps)
+                return None
 
     def _wait_for(self, holder: str | None, steps: list[int]) -> None:
         """Show the holder's progress (phase ``waiting``) and sleep one poll."""

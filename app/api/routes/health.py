@@ -33,8 +33,7 @@ async def readyz(redis: RedisDep, fleet: FleetDep, settings: SettingsDep) -> JSO
         return JSONResponse({"status": "ready", "workers": len(now.workers), "sleeping": sleeping})
     calibrating = now.calibrating()
     if calibrating:
-        progress = max((w.calibration for w in calibrating if w.calibration is not None),
-                       key=lambda p: p.fraction, default=None)
+        progress = now.calibration_ahead()
         return JSONResponse(
             {"status": "calibrating", "workers": len(calibrating),
              "progress": None if progress is None else progress.model_dump()},
