@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from olss_core.keys import job_key, webhooks_stream
 from olss_core.protocol import JobRecord, ScheduleInfo, WorkerInfo, now
+from tests.support.schedules import shipped_name
 from tests.support.thread_worker import finish, lifecycle
 from workers.heartbeat import Heartbeat
 
@@ -119,10 +120,11 @@ def test_the_schema_has_the_protocol_routes_with_valid_examples(
     make_client, db: redis.Redis
 ) -> None:
     """The examples are for ``make run``'s deployment: olss-digits, 16x16."""
+    five_steps = shipped_name("olss-digits", 5, 4.0)
     digits = WorkerInfo(
         worker_id="digits", model="olss-digits", model_key="olss-digits", device="cpu",
-        schedules=[ScheduleInfo(name="olss-digits__5steps", steps=5, guidance_scale=4.0)],
-        default_schedule="olss-digits__5steps", default_steps=25, default_guidance_scale=4.0,
+        schedules=[ScheduleInfo(name=five_steps, steps=5, guidance_scale=4.0)],
+        default_schedule=five_steps, default_steps=25, default_guidance_scale=4.0,
         schedulers=["olss", "ddim"], width=16, height=16, max_batch_size=8, metrics_port=0,
         pid=0, host="test", started_at=now(), version="test",
     )

@@ -22,11 +22,12 @@ from olss_core.protocol import ScheduleInfo, WorkerInfo, now
 from olss_core.redis_clients import sync_client
 from tests.support.ports import free_port
 from tests.support.processes import Gateway, service_env, start_gateway
+from tests.support.schedules import shipped_name
 from workers.heartbeat import Heartbeat
 
 MODEL = "olss-digits"
 DIGITS_SCHEDULES = [
-    ScheduleInfo(name=f"{MODEL}__{steps}steps__cfg4__closed-loop", steps=steps, guidance_scale=4)
+    ScheduleInfo(name=shipped_name(MODEL, steps, 4.0), steps=steps, guidance_scale=4)
     for steps in (4, 5)
 ]
 

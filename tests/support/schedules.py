@@ -1,10 +1,11 @@
-"""Schedules for tests: a small valid one built by hand, and quick OLSS schedules for the tiny
-test pipeline (a few seconds on a CPU)."""
+"""Schedules for tests: a small valid one built by hand, the names of the shipped ones, and quick
+OLSS schedules for the tiny test pipeline (a few seconds on a CPU)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from schedules.registry import BUILTIN_DIR, ScheduleRegistry
 from schedules.schedule_file import FitReport, HeldoutReport, Method, Schedule, TeacherInfo
 from tests.support.torch_threads import single_torch_thread
 
@@ -33,6 +34,17 @@ def build_schedule(steps: int = 3, guidance: float = 7.5, model: str = "tiny-sd"
             heldout=HeldoutReport(4, 0.05, {"unipc": 0.2}, "olss", "OLSS is the best"),
         ),
     )
+
+
+def shipped_name(model: str, steps: int, guidance: float) -> str:
+    """The name of the built-in registry's schedule for ``model`` (a model key) at ``steps`` and
+    exactly ``guidance`` (``olss-digits-<digest>__5steps__cfg4__closed-loop``)."""
+    (name,) = [
+        e.name
+        for e in ScheduleRegistry(BUILTIN_DIR).list()
+        if (e.model, e.steps, e.guidance, e.method) == (model, steps, guidance, Method.CLOSED_LOOP)
+    ]
+    return name
 
 
 def calibrate_test_schedules(model_dir: Path, out_dir: Path) -> list[str]:
