@@ -22,7 +22,7 @@ from diffusers import SchedulerMixin
 
 from olss_core.guidance import served_guidance, serves_guidance
 from olss_core.protocol import ScheduleInfo
-from olss_core.samplers import OLSS, SAMPLERS, SCHEDULER_NAMES
+from olss_core.samplers import OLSS, PEERS, SAMPLERS, SCHEDULER_NAMES
 from schedules import OLSSScheduler, Schedule, ScheduleRegistry
 from schedules.guidance_blend import GuidanceChoice, schedule_for_guidance
 from schedules.registry import ScheduleNotFound
@@ -67,7 +67,8 @@ def peer_instead(schedule: Schedule) -> str | None:
     if heldout is None or not heldout.worse_than_best_peer:
         return None
     name, _ = heldout.best_peer  # type: ignore[misc]  # worse_than_best_peer: there is one
-    return name if name in SAMPLERS else None
+    sampler = PEERS.get(name)  # the fit report's name for it, e.g. "dpmsolver++(2M)"
+    return sampler if sampler in SAMPLERS else None
 
 
 class SchedulerBank:

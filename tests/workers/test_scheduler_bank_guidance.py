@@ -11,7 +11,7 @@ import diffusers
 import pytest
 
 from olss_core.guidance import OLSS_GUIDANCE_RANGE
-from olss_core.samplers import SAMPLERS
+from olss_core.samplers import PEERS, SAMPLERS
 from schedules import OLSSScheduler
 from schedules.schedule_file import HeldoutReport, Schedule
 from tests.support.schedules import build_schedule
@@ -64,3 +64,15 @@ def test_a_schedule_worse_than_its_held_out_peer_is_served_by_that_peer() -> Non
     assert isinstance(scheduler, getattr(diffusers, SAMPLERS["unipc"].diffusers_class))
     label, scheduler = bank.get("olss", 3, 9.0)
     assert label.startswith("unipc (instead of") and not isinstance(scheduler, OLSSScheduler)
+
+
+@pytest.mark.parametrize("report_name", sorted(PEERS))
+def test_each_peer_by_its_fit_report_name_is_served_when_it_wins(report_name: str) -> None:
+    """The fit report names peers as calibration does (``PEERS``' keys, e.g. "dpmsolver++(2M)");
+    the worker serves the sampler that name stands for."""
+    errors = {name: 0.25 for name in PEERS} | {report_name: 0.2}
+    schedule = at(4.0).with_heldout(HeldoutReport(4, 0.3, errors, report_name, "a peer wins"))
+    label, scheduler = SchedulerBank(CONFIG, [schedule]).get("olss", 3, 4.0)
+    sampler = PEERS[report_name]
+    assert label.startswith(f"{sampler} (instead of {schedule.name}")
+    assert isinstance(scheduler, getattr(diffusers, SAMPLERS[sampler].diffusers_class))
