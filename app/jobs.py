@@ -31,21 +31,30 @@ async def get_record(redis: Redis, job_id: str, caller: Caller) -> JobRecord:
 
 
 async def get_result(
-    redis_bytes: Redis, job_id: str, max_images: int, caller: Caller
+    redis_bytes: Redis, job_id: str, expected: int, caller: Caller,
+    delivered_ttl_s: int | None = None,
 ) -> tuple[JobRecord, list[bytes]]:
     """A finished job's record and images in one round trip (raw-bytes client).
 
-    Reads ``max_images`` image keys (the request limit) with the record, then any beyond.
+    Reads ``expected`` image keys with the record (then any more the record names). With
+    ``delivered_ttl_s`` the images read are marked delivered in the same round trip (see
+    ``delivered``), for a caller that may see the job.
     """
     async with redis_bytes.pipeline(transaction=False) as pipe:
         pipe.hgetall(job_key(job_id))
-        for n in range(max_images):  # GETs, not one MGET: a cluster pipeline refuses MGET
+        for n in range(expected):  # GETs, not one MGET: a cluster pipeline refuses MGET
             pipe.get(image_key(job_id, n))
-        data, *values = await pipe.execute()
+            if delivered_ttl_s is not None:
+                pipe.expire(image_key(job_id, n), delivered_ttl_s, lt=True)
+        data, *replies = await pipe.execute()
+    values = replies if delivered_ttl_s is None else replies[::2]
     record = _visible({k.decode(): v.decode() for k, v in data.items()}, job_id, caller)
     count = record.spec.num_images
-    if count > max_images:  # made before the limit was lowered
-        values += await redis_bytes.mget([image_key(job_id, n) for n in range(max_images, count)])
+    if count > expected:
+        more = range(expected, count)
+        values += await redis_bytes.mget([image_key(job_id, n) for n in more])
+        if delivered_ttl_s is not None:
+            await delivered(redis_bytes, job_id, more, delivered_ttl_s)
     images = values[:count]
     if record.status is JobStatus.SUCCEEDED and any(value is None for value in images):
         raise JobNotFound(f"images of job {job_id!r} have expired")

@@ -105,6 +105,7 @@ class JobService:
             finished = await self.notifier.wait(
                 job_id, lambda: jobs.is_finished(self.redis, job_id),
                 self.settings.sync_timeout_s, abandoned=gone,
+                known_unfinished=not submitted.existing,
             )
         finally:
             watcher.cancel()
@@ -131,13 +132,19 @@ class JobService:
     async def record(self, job_id: str) -> JobRecord:
         return await jobs.get_record(self.redis, job_id, self.caller)
 
-    async def result(self, job_id: str, read_images: bool = True
+    async def result(self, submitted: Submitted, read_images: bool = True
                      ) -> tuple[JobRecord, list[bytes]]:
         """A finished job's record and images (none unless ``read_images``); ``JobFailed`` or
-        ``JobCanceled`` for a job that did not succeed."""
+        ``JobCanceled`` for a job that did not succeed.
+
+        Images read here go to the client, so they are marked delivered in the same round
+        trip (``app.jobs``): the caller made (or shares, by ``Idempotency-Key``) this job.
+        """
+        job_id = submitted.job_id
         if read_images:
             record, images = await jobs.get_result(
-                self.redis_bytes, job_id, self.settings.max_num_images, self.caller
+                self.redis_bytes, job_id, submitted.spec.num_images, self.caller,
+                delivered_ttl_s=self.settings.delivered_image_ttl_s,
             )
         else:
             record, images = await self.record(job_id), []
@@ -146,8 +153,3 @@ class JobService:
         if record.status is JobStatus.CANCELED:
             raise JobCanceled(f"job {job_id} was canceled")
         return record, images
-
-    async def delivered(self, job_id: str, images: int) -> None:
-        """The client has the images now: they need not be kept long (``app.jobs``)."""
-        await jobs.delivered(self.redis, job_id, range(images),
-                             self.settings.delivered_image_ttl_s)

@@ -75,11 +75,9 @@ async def txt2img(
     if not await service.wait_finished(request, submitted):
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     try:
-        record, images = await service.result(submitted.job_id, read_images=body.send_images)
+        record, images = await service.result(submitted, read_images=body.send_images)
     except JobCanceled:
         record, images = None, []
-    else:
-        await service.delivered(submitted.job_id, len(images))
     reply = Txt2ImgResponse.of(body, record, images)
     ignored = body.ignored()
     headers = {IGNORED_HEADER: ", ".join(ignored)} if ignored else {}

@@ -180,8 +180,7 @@ async def generate(
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     if waited is Wait.TIMED_OUT:
         return accepted(job_id, (await service.record(job_id)).status, async_applied=False)
-    record, images = await service.result(job_id)
-    await service.delivered(job_id, len(images))
+    record, images = await service.result(submitted)
     if media_type != JSON:
         return Response(images[0], media_type=record.spec.content_type,
                         headers=_result_headers(record))

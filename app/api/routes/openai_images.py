@@ -58,9 +58,7 @@ async def create_image(
     if not await service.wait_finished(request, submitted):
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     inline = body.response_format == "b64_json"
-    record, images = await service.result(submitted.job_id, read_images=inline)
-    if inline:
-        await service.delivered(submitted.job_id, len(images))
+    record, images = await service.result(submitted, read_images=inline)
     return ImagesResponse.of(record, images, str(request.base_url), service.settings)
 
 
