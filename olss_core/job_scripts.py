@@ -111,14 +111,15 @@ return 'asked'
 """)
 
 START = _lua("""
--- start (worker): for each delivered job of one model, move it to running and count an
--- attempt, unless it is gone ('missing'), finished ('finished'), canceled ('cancel') or out of
--- attempts ('dead'); one reply per job, in order.
--- KEYS: queued zset, then the job and its cancel flag for each job.
--- ARGV: worker id, now, max attempts
+-- start (worker): for each delivered job of one model, move it to running, count an attempt
+-- and send its started event (ARGV's, with the attempt's number set), unless it is gone
+-- ('missing'), finished ('finished'), canceled ('cancel') or out of attempts ('dead'); one
+-- reply per job, in order.
+-- KEYS: queued zset, then the job, its cancel flag and its events for each job.
+-- ARGV: worker id, now, max attempts, started event fields x2 (data: JSON without attempt)
 local replies = {}
-for i = 2, #KEYS, 2 do
-  local job, cancel = KEYS[i], KEYS[i + 1]
+for i = 2, #KEYS, 3 do
+  local job, cancel, events = KEYS[i], KEYS[i + 1], KEYS[i + 2]
   local status = redis.call('HGET', job, $STATUS)
   if not status then
     replies[#replies + 1] = {'missing'}
@@ -134,8 +135,33 @@ for i = 2, #KEYS, 2 do
     else
       redis.call('HSET', job, $STATUS, $RUNNING, $STARTED_AT, ARGV[2], $WORKER, ARGV[1],
                  $STEP, '0')
+      local event = cjson.decode(ARGV[5])
+      event['attempt'] = attempts
+      redis.call('XADD', events, '*', 'type', ARGV[4], 'data', cjson.encode(event))
       replies[#replies + 1] = {'run', redis.call('HGETALL', job)}
     end
+  end
+end
+return replies
+""")
+
+AFTER_STEP = _lua("""
+-- after a denoising step (worker), for each job of the running batch: 1 when its cancel was
+-- asked for (nothing written), else 0, having recorded the step and sent its step event when
+-- its flag is '1' (a job whose step events carry previews sends them itself).
+-- KEYS: the job, its cancel flag and its events, for each job.
+-- ARGV: step event fields x2, one flag character per job, record fields (name, value pairs)
+local replies = {}
+for i = 1, #KEYS, 3 do
+  local n = (i + 2) / 3
+  if redis.call('EXISTS', KEYS[i + 1]) == 1 then
+    replies[n] = 1
+  else
+    if string.sub(ARGV[3], n, n) == '1' then
+      redis.call('HSET', KEYS[i], unpack(ARGV, 4))
+      redis.call('XADD', KEYS[i + 2], '*', 'type', ARGV[1], 'data', ARGV[2])
+    end
+    replies[n] = 0
   end
 end
 return replies

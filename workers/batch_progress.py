@@ -67,8 +67,10 @@ class BatchProgress:
     def __call__(self, step: int, total: int, latents: Any = None) -> bool:
         self.faults.delay_step()
         active = self.active()
-        asked = self.lifecycle.cancel_requested(active)
         late = self.deadline is not None and step < total and self.deadline.passed()
+        previewing = self._previewing(active, latents)
+        plain = [] if late else [job for job in active if job not in previewing]
+        asked = self.lifecycle.after_step(active, step, total, send=plain)
         if (asked or late) and self.previews is not None:
             self.previews.drain()  # a job's previews go before its finished event
         batch_images = images(self.jobs)
@@ -82,10 +84,7 @@ class BatchProgress:
         if late:
             self._time_out(self.active(), step, total, batch_images)
         active = self.active()
-        previewing = self._preview(active, step, total, latents)
-        rest = [job for job in active if job not in previewing]
-        if rest:
-            self.lifecycle.progress(rest, step, total)
+        self._preview([job for job in previewing if job in active], step, total, latents)
         if step == total and self.previews is not None:
             self.previews.drain()
         return bool(active)
@@ -103,19 +102,22 @@ class BatchProgress:
             self.metrics.jobs.labels(status=JobOutcome.FAILED).inc()
             log_job(job, Outcome.TIMED_OUT, batch_images, reason=reason)
 
-    def _preview(self, active: list[ClaimedJob], step: int, total: int, latents: Any
-                 ) -> list[ClaimedJob]:
-        """Send the step events of the jobs that asked for previews; those jobs."""
+    def _previewing(self, active: list[ClaimedJob], latents: Any) -> list[ClaimedJob]:
+        """The jobs of ``active`` whose step events go through ``previews``."""
         if self.previews is None or latents is None:
             return []
-        previewing = [job for job in active if job.spec.preview_every > 0]
-        if previewing:
-            due = {job.id for job in previewing
-                   if preview_due(job.spec.preview_every, step, total)}
-            rows, row = {}, 0
-            for job in self.jobs:  # a job's first image is its row in the batch's latents
-                if job.id in due:
-                    rows[job.id] = row
-                row += job.spec.num_images
-            self.previews.send(previewing, rows, latents, step, total)
-        return previewing
+        return [job for job in active if job.spec.preview_every > 0]
+
+    def _preview(self, previewing: list[ClaimedJob], step: int, total: int, latents: Any
+                 ) -> None:
+        """Send the step events of the jobs that asked for previews."""
+        if not previewing:
+            return
+        assert self.previews is not None
+        due = {job.id for job in previewing if preview_due(job.spec.preview_every, step, total)}
+        rows, row = {}, 0
+        for job in self.jobs:  # a job's first image is its row in the batch's latents
+            if job.id in due:
+                rows[job.id] = row
+            row += job.spec.num_images
+        self.previews.send(previewing, rows, latents, step, total)

@@ -18,7 +18,7 @@ from enum import Enum
 
 import redis
 
-from olss_core.job_scripts import START
+from olss_core.job_scripts import AFTER_STEP, START
 from olss_core.job_states import JobStatus
 from olss_core.keys import (
     FINISHED_CHANNEL,
@@ -92,6 +92,7 @@ class JobLifecycle:
         self.consumer = consumer
         self.stream = jobs_stream(model)
         self._start = client.register_script(START)
+        self._after_step = client.register_script(AFTER_STEP)
         self._reclaim_cursor = "0-0"
 
     def ensure_group(self) -> None:
@@ -159,24 +160,25 @@ class JobLifecycle:
     # -- transitions ------------------------------------------------------------------------
 
     def start(self, jobs: list[ClaimedJob]) -> list[tuple[Start, ClaimedJob]]:
-        """Atomically move each job to running (counting an attempt), unless it must not run:
-        gone or finished (acknowledged), canceled, or out of attempts (dead-lettered). One
-        script call for the batch: its jobs' keys share their model's cluster slot."""
+        """Atomically move each job to running (counting an attempt, sending ``started``),
+        unless it must not run: gone or finished (acknowledged), canceled, or out of attempts
+        (dead-lettered). One script call for the batch: its jobs' keys share their model's
+        cluster slot."""
         if not jobs:
             return []
         keys = [queued_zset(self.model)]
         for job in jobs:
-            keys += [job_key(job.id), cancel_key(job.id)]
-        replies = self._start(keys=keys, args=[self.consumer, now(), self.settings.max_attempts])
+            keys += [job_key(job.id), cancel_key(job.id), events_key(job.id)]
+        event = JobEvent(type=EventType.STARTED, status=JobStatus.RUNNING).to_fields()
+        replies = self._start(keys=keys, args=[self.consumer, now(), self.settings.max_attempts,
+                                               event["type"], event["data"]])
         decisions: list[tuple[Start, ClaimedJob]] = []
-        started: list[ClaimedJob] = []
         for job, reply in zip(jobs, replies, strict=True):
             outcome = reply[0]
             if outcome == "run":
                 flat = reply[1]
                 record = JobRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
-                started.append(ClaimedJob(job.message_id, record))
-                decisions.append((Start.RUN, started[-1]))
+                decisions.append((Start.RUN, ClaimedJob(job.message_id, record)))
                 continue
             if outcome == "cancel":
                 self.finish_canceled(job)
@@ -187,21 +189,26 @@ class JobLifecycle:
             else:
                 self._ack([job.message_id])
             decisions.append((Start.SKIP, job))
-        with self.redis.pipeline(transaction=False) as pipe:
-            for job in started:
-                event = JobEvent(type=EventType.STARTED, status=JobStatus.RUNNING,
-                                 attempt=job.record.attempts)
-                pipe.xadd(events_key(job.id), event.to_fields())
-            pipe.execute()
         return decisions
 
-    def cancel_requested(self, jobs: list[ClaimedJob]) -> set[str]:
-        """Ids of ``jobs`` whose cancel was asked for."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            for job in jobs:
-                pipe.exists(cancel_key(job.id))
-            flags = pipe.execute()
-        return {job.id for job, flag in zip(jobs, flags, strict=True) if flag}
+    def after_step(self, jobs: Sequence[ClaimedJob], step: int, total: int,
+                   send: Sequence[ClaimedJob]) -> set[str]:
+        """Ids of ``jobs`` whose cancel was asked for; the others of them in ``send`` get step
+        ``step`` of ``total`` recorded and sent as an event (as ``progress`` does). One script
+        call after each denoising step: its jobs' keys share their model's cluster slot."""
+        if not jobs:
+            return set()
+        keys: list[str] = []
+        for job in jobs:
+            keys += [job_key(job.id), cancel_key(job.id), events_key(job.id)]
+        event = JobEvent(type=EventType.STEP, step=step, total=total).to_fields()
+        sending = {job.id for job in send}
+        flags = "".join("1" if job.id in sending else "0" for job in jobs)
+        fields = JobRecord.fields(step=step, total_steps=total)
+        asked = self._after_step(keys=keys, args=[
+            event["type"], event["data"], flags, *(item for pair in fields.items() for item in pair)
+        ])
+        return {job.id for job, flag in zip(jobs, asked, strict=True) if flag}
 
     def progress(self, jobs: Sequence[ClaimedJob], step: int, total: int,
                  previews: Mapping[str, Preview] | None = None) -> None:

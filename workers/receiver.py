@@ -1,5 +1,9 @@
 """Fill a batch from the model's stream: expired leases first, then new entries.
 
+Expired leases are looked for (``XAUTOCLAIM``) at most every ``RECLAIM_EVERY_S``, or a quarter
+lease when that is shorter: an entry is claimable only a lease after its worker went silent, so
+a busy worker need not spend a round trip per batch on it.
+
 With nothing reclaimed, the first read blocks up to ``READ_BLOCK_MS`` for work (it returns the
 moment an entry arrives); once something arrived, more is taken while the batch window says
 more is coming (:class:`workers.batch_window.BatchWindow`), until the batch is full. Every entry
@@ -9,7 +13,7 @@ received is held (its lease extended) until its job ends.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from workers.batch_window import BatchWindow
 from workers.leases import LeaseTracker
@@ -17,9 +21,10 @@ from workers.lifecycle import ClaimedJob, Delivery, JobLifecycle
 
 READ_BLOCK_MS = 1000
 BATCH_POLL_S = 0.002
+RECLAIM_EVERY_S = 1.0
 
 
-@dataclass(frozen=True)
+@dataclass
 class BatchReceiver:
     """Takes up to ``max_entries`` entries per call and loads their jobs."""
 
@@ -27,6 +32,7 @@ class BatchReceiver:
     leases: LeaseTracker
     max_entries: int
     window: BatchWindow
+    _next_reclaim: float = field(default=float("-inf"), init=False)
 
     def receive(self) -> list[ClaimedJob]:
         """The jobs of the entries received, in arrival order (none after an idle second).
@@ -42,7 +48,7 @@ class BatchReceiver:
 
     def _fill(self) -> list[Delivery]:
         size = self.max_entries
-        got = self.lifecycle.reclaim(size)
+        got = self._reclaim(size)
         if len(got) < size:
             got += self._read_new(size - len(got), block_ms=None if got else READ_BLOCK_MS)
         # Poll rather than BLOCK: Redis expires blocking reads only every 1/hz s (100 ms).
@@ -58,6 +64,14 @@ class BatchReceiver:
             else:
                 time.sleep(BATCH_POLL_S)
         return got
+
+    def _reclaim(self, count: int) -> list[Delivery]:
+        now = time.monotonic()
+        if now < self._next_reclaim:
+            return []
+        lease_s = self.lifecycle.settings.lease_ms / 1000
+        self._next_reclaim = now + min(RECLAIM_EVERY_S, lease_s / 4)
+        return self.lifecycle.reclaim(count)
 
     def _read_new(self, count: int, block_ms: int | None) -> list[Delivery]:
         new = self.lifecycle.read_new(count, block_ms=block_ms)

@@ -57,4 +57,4 @@ def test_cancel_of_a_running_job_asks_its_worker(
     assert client.get(f"/jobs/{job_id}").json()["status"] == "running"
     response = client.delete(f"/jobs/{job_id}")
     assert (response.status_code, response.json()["status"]) == (202, "running")
-    assert worker.cancel_requested([job]) == {job_id}
+    assert worker.after_step([job], 1, 5, send=[job]) == {job_id}

@@ -30,7 +30,9 @@ from tests.workers.test_lifecycle import (  # noqa: F401 (collected here, on the
     test_a_failing_job_is_retried_then_dead_lettered,
     test_a_live_worker_keeps_its_lease,
     test_a_stopping_worker_hands_back_unstarted_jobs,
+    test_after_step_records_the_step_of_the_sent_jobs_and_reports_cancels,
     test_past_the_attempt_limit_a_job_is_dead_lettered,
+    test_started_events_carry_the_attempt_counted_by_start,
     test_success_stores_images_and_acknowledges,
 )
 

@@ -20,7 +20,7 @@ from olss_core.keys import (
     jobs_stream,
     queued_zset,
 )
-from olss_core.protocol import JobRecord, Timings
+from olss_core.protocol import JobEvent, JobRecord, Timings
 from olss_core.settings import Settings
 from tests.support.queued_jobs import MODEL, job_spec
 from tests.support.queued_jobs import enqueue as queue_jobs
@@ -137,7 +137,7 @@ def test_a_cancel_asked_while_running_is_honoured_on_redelivery(
     a = worker(db, settings, "a")
     _, job = start(a, a.load(a.read_new(8, None))[0])
     db.set(cancel_key(job_id), "1")
-    assert a.cancel_requested([job]) == {job_id}
+    assert a.after_step([job], 1, 5, send=[job]) == {job_id}
     time.sleep(LEASE_MS * 1.5 / 1000)
     outcome, _ = start(a, a.load(a.reclaim(8))[0])
     assert outcome is Start.SKIP and status(db, job_id).status is JobStatus.CANCELED
@@ -150,3 +150,36 @@ def test_a_stopping_worker_hands_back_unstarted_jobs(db: redis.Redis, settings: 
     a.hand_back(jobs)
     assert len(b.read_new(8, None)) == 2
     assert db.zcard(queued_zset(MODEL)) == 2
+
+
+def test_started_events_carry_the_attempt_counted_by_start(
+    db: redis.Redis, settings: Settings
+) -> None:
+    (job_id,) = enqueue(settings)
+    a = worker(db, settings, "a")
+    start(a, a.load(a.read_new(8, None))[0])
+    time.sleep(LEASE_MS * 1.5 / 1000)  # a's lease runs out: b takes the job, attempt 2
+    b = worker(db, settings, "b")
+    start(b, b.load(b.reclaim(8))[0])
+    started = [JobEvent.from_fields(fields) for _, fields in db.xrange(events_key(job_id))
+               if fields["type"] == "started"]
+    assert [(e.status, e.attempt) for e in started] == [(JobStatus.RUNNING, 1),
+                                                        (JobStatus.RUNNING, 2)]
+
+
+def test_after_step_records_the_step_of_the_sent_jobs_and_reports_cancels(
+    db: redis.Redis, settings: Settings
+) -> None:
+    sent_id, quiet_id, canceled_id = enqueue(settings, count=3)
+    a = worker(db, settings, "a")
+    sent, quiet, canceled = (start(a, job)[1] for job in a.load(a.read_new(8, None)))
+    db.set(cancel_key(canceled_id), "1")
+    assert a.after_step([sent, quiet, canceled], 2, 5, send=[sent, canceled]) == {canceled_id}
+    steps = {job_id: (status(db, job_id).step, event_types(db, job_id)[-1])
+             for job_id in (sent_id, quiet_id, canceled_id)}
+    assert steps == {sent_id: (2, "step"), quiet_id: (0, "started"),
+                     canceled_id: (0, "started")}
+    (_, fields), = db.xrevrange(events_key(sent_id), count=1)
+    event = JobEvent.from_fields(fields)
+    assert (event.step, event.total) == (2, 5)
+    assert status(db, sent_id).total_steps == 5

@@ -15,7 +15,7 @@ from tests.support.queued_jobs import MODEL, enqueue, job_spec
 from workers.batch_window import BatchWindow
 from workers.leases import LeaseTracker
 from workers.lifecycle import JobLifecycle
-from workers.receiver import BatchReceiver
+from workers.receiver import RECLAIM_EVERY_S, BatchReceiver
 
 
 def test_an_expired_lease_is_taken_before_a_new_entry(
@@ -89,3 +89,19 @@ def test_an_entry_whose_record_expired_is_acknowledged_and_not_held(
     jobs = BatchReceiver(lifecycle, leases, max_entries=4, window=BatchWindow(4, 0)).receive()
     assert [job.id for job in jobs] == [alive]
     assert leases.held() == {jobs[0].message_id}
+
+
+def test_expired_leases_are_looked_for_at_most_every_quarter_lease(
+    db: redis.Redis, settings: Settings, lifecycle: JobLifecycle, leases: LeaseTracker
+) -> None:
+    """Right after a look for expired leases, a receive takes a new entry even though a lease
+    has expired meanwhile; a quarter lease (at most ``RECLAIM_EVERY_S``) later it claims it."""
+    first, second, new = enqueue(settings, [job_spec(), job_spec(), job_spec()])
+    dead = JobLifecycle(db, settings, MODEL, "dead-worker")
+    assert [d.job_id for d in dead.read_new(2, block_ms=None)] == [first, second]  # it dies
+    receiver = BatchReceiver(lifecycle, leases, max_entries=1, window=BatchWindow(1, 0))
+    time.sleep(settings.lease_ms * 1.5 / 1000)
+    assert [job.id for job in receiver.receive()] == [first]  # one claimed per entry asked
+    assert [job.id for job in receiver.receive()] == [new]  # no look yet: the new entry
+    time.sleep(min(RECLAIM_EVERY_S, settings.lease_ms / 4000))
+    assert [job.id for job in receiver.receive()] == [second]
