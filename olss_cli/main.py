@@ -25,8 +25,8 @@ CHILD_STOP_TIMEOUT_S = 30.0
 def run_gateway(args: argparse.Namespace) -> int:
     """Serve ``app.main:app`` with uvicorn; SIGTERM drains in-flight requests first.
 
-    HTTP/1.1 by h11 with a bounded request line plus headers (``OLSS_MAX_HEADER_BYTES``), a
-    deadline for each whole request (``OLSS_REQUEST_TIMEOUT_S``) and for idle keep-alive
+    HTTP/1.1 by httptools with a bounded request line plus headers (``OLSS_MAX_HEADER_BYTES``),
+    a deadline for each whole request (``OLSS_REQUEST_TIMEOUT_S``) and for idle keep-alive
     connections (``OLSS_KEEP_ALIVE_S``); the body limit is the app's (``OLSS_MAX_BODY_BYTES``).
     Logging is ``olss_core.logging_setup``'s: uvicorn's own config and access log are off (the
     gateway logs one line per request itself).
@@ -41,8 +41,7 @@ def run_gateway(args: argparse.Namespace) -> int:
         "app.main:app",
         host=args.host or settings.gateway_host,
         port=settings.gateway_port if args.port is None else args.port,
-        http=deadline_protocol(settings.request_timeout_s),
-        h11_max_incomplete_event_size=settings.max_header_bytes,
+        http=deadline_protocol(settings.request_timeout_s, settings.max_header_bytes),
         timeout_keep_alive=settings.keep_alive_s,
         log_config=None,
         log_level=settings.log_level,

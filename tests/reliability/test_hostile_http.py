@@ -4,6 +4,7 @@ request are closed; the gateway's memory does not grow with what a client sends.
 
 from __future__ import annotations
 
+import http.client
 import socket
 import time
 from collections.abc import Callable
@@ -131,3 +132,33 @@ def test_idle_slow_and_lingering_connections_are_closed(
     assert idle_after_request < KEEP_ALIVE_S + 1.5
     with httpx.Client(base_url=server.url) as http:  # a prompt client is unaffected
         assert [http.get("/healthz").status_code for _ in range(3)] == [200, 200, 200]
+
+
+def test_the_header_limit_counts_the_request_target_and_header_lines(
+    redis_server: RedisServer, gateway: Callable[..., Gateway]
+) -> None:
+    """A whole head in one read: refused when its request target plus header lines (name,
+    ": ", value, CRLF) pass ``OLSS_MAX_HEADER_BYTES``, served when they fit; the connection
+    after a refusal is closed, a served one is kept alive."""
+    limit = 4096
+    server = gateway(max_header_bytes=limit)
+
+    def head(size: int) -> bytes:
+        fixed = len(b"/healthz") + len(b"Host") + len(b"x") + 4 + len(b"X-Pad") + 4
+        return (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * (size - fixed)
+                + b"\r\n\r\n")
+
+    def reply(sock: socket.socket) -> tuple[int, bool]:
+        """The status of the next whole response on ``sock``, and whether it closes."""
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        response.read()
+        return response.status, response.will_close
+
+    fits, over = connect(server), connect(server)
+    fits.sendall(head(limit))
+    over.sendall(head(limit + 1))
+    assert (reply(fits), reply(over)) == ((200, False), (400, True))
+    assert over.recv(4096) == b""  # closed
+    fits.sendall(head(limit))
+    assert reply(fits) == (200, False)  # the same connection serves the next request
