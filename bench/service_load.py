@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,36 +121,73 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
-async def _client(
-    http: httpx.AsyncClient, client_id: int, requests: int, body: dict
-) -> list[Sample]:
+CLIENTS = ("aiohttp", "httpx")
+"""HTTP client libraries the load can be sent with. aiohttp is the default: its own cost per
+request is a fraction of httpx's (measured in docs/BENCHMARKS.md), and a client's own time is
+not the service's overhead; ``--client httpx`` shows what a heavier client adds."""
+
+Post = Callable[[dict], Awaitable[dict]]
+"""``await post(body)``: one sync ``POST /generate``; the reply's JSON (raises on a non-2xx)."""
+
+
+async def _client(post: Post, client_id: int, requests: int, body: dict) -> list[Sample]:
     samples = []
     for n in range(requests):
         seed = (client_id + 1) * 1000 + n
         payload = {**body, "prompt": f"bench client {client_id} request {n}", "seed": seed}
         start = time.perf_counter()
-        response = await http.post("/generate", json=payload)
+        reply = await post(payload)
         e2e_ms = (time.perf_counter() - start) * 1000
-        response.raise_for_status()
-        timings = response.json()["timings"]
+        timings = reply["timings"]
         samples.append(Sample(e2e_ms, timings["inference"] * 1000, timings["queue"] * 1000,
                               timings["total"] * 1000, timings["batch_size"]))
     return samples
 
 
+@asynccontextmanager
+async def http_client(library: str, url: str, connections: int) -> AsyncIterator[Post]:
+    """A ``Post`` on a pool of ``connections`` keep-alive connections to ``url``; the reply
+    is read in full inside the timed call, its JSON parsed outside it."""
+    if library == "aiohttp":
+        import aiohttp
+
+        connector = aiohttp.TCPConnector(limit=connections)
+        timeout = aiohttp.ClientTimeout(total=SYNC_TIMEOUT_S)
+        async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
+
+            async def post_aiohttp(payload: dict) -> dict:
+                async with session.post("/generate", json=payload) as response:
+                    response.raise_for_status()
+                    return json.loads(await response.read())
+
+            yield post_aiohttp
+    elif library == "httpx":
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        async with httpx.AsyncClient(base_url=url, timeout=SYNC_TIMEOUT_S, limits=limits) as http:
+
+            async def post_httpx(payload: dict) -> dict:
+                response = await http.post("/generate", json=payload)
+                response.raise_for_status()
+                return response.json()
+
+            yield post_httpx
+    else:
+        raise ValueError(f"client: one of {CLIENTS}, not {library!r}")
+
+
 async def run_level(
-    url: str, config: str, clients: int, requests: int, max_batch: int, body: dict | None = None
+    url: str, config: str, clients: int, requests: int, max_batch: int, body: dict | None = None,
+    library: str = CLIENTS[0],
 ) -> LevelResult:
     """``clients`` closed-loop clients sharing ``requests`` requests (at least two each)."""
     per_client = max(2, requests // clients)
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     body = body or {}
-    async with httpx.AsyncClient(base_url=url, timeout=SYNC_TIMEOUT_S, limits=limits) as http:
-        await _client(http, -1, 2, body)  # warm the connection path
+    async with http_client(library, url, clients) as post:
+        await _client(post, -1, 2, body)  # warm the connection path
         load_before = load_average()
         start = time.perf_counter()
         parts = await asyncio.gather(
-            *(_client(http, c, per_client, body) for c in range(clients))
+            *(_client(post, c, per_client, body) for c in range(clients))
         )
         wall = time.perf_counter() - start
     samples = [s for part in parts for s in part]
@@ -163,6 +201,7 @@ class Service:
     env: dict[str, str]
     gateway: Gateway
     cold_starts_s: list[float] = field(default_factory=list)
+    client: str = CLIENTS[0]
 
     @contextmanager
     def worker(self, **settings: object) -> Iterator[Worker]:
@@ -180,7 +219,8 @@ class Service:
     def level(
         self, config: str, clients: int, requests: int, max_batch: int, body: dict | None = None
     ) -> LevelResult:
-        return asyncio.run(run_level(self.gateway.url, config, clients, requests, max_batch, body))
+        return asyncio.run(run_level(self.gateway.url, config, clients, requests, max_batch, body,
+                                     self.client))
 
 
 @contextmanager
@@ -291,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ablate", action="store_true",
                         help="also run with each serving switch off, and unbatched")
     parser.add_argument("--ablate-clients", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--client", choices=CLIENTS, default=CLIENTS[0],
+                        help="HTTP client library of the load")
     args = parser.parse_args(argv)
 
     from devtools.tiny_pipeline import save_tiny_pipeline
@@ -307,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     started_load = load_average()
     with service(model, schedules, cache, args.torch_threads,
                  max_batch_wait_ms=args.max_batch_wait_ms) as svc:
+        svc.client = args.client
         runs: list[tuple[str, dict[str, object], list[int], int]] = [
             ("default", {}, args.clients, args.max_batch_size)
         ]
@@ -331,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nmachine: {platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or 'cpu'}; "
           f"load average {started_load:.1f} at the start, {load_average():.1f} at the end; "
           f"OLSS_MAX_BATCH_WAIT_MS={args.max_batch_wait_ms}, "
-          f"OMP_NUM_THREADS={args.torch_threads}")
+          f"OMP_NUM_THREADS={args.torch_threads}, client {args.client}")
     print(HEADER)
     for result in results:
         print(result.row())
