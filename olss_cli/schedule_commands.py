@@ -151,10 +151,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
         **{name: value for name, value in given.items() if value is not None},
     )
     lines: list[str] = []
-    schedules = calibrate(pipe, prompts, config, model_id=args.model, log=lines.append)
+    schedules = [replace(schedule, model_identity=identity) for schedule in
+                 calibrate(pipe, prompts, config, model_id=args.model, log=lines.append)]
     registry = ScheduleRegistry(out)
-    paths = [registry.put(replace(schedule, model_identity=identity)) for schedule in schedules]
-    print(summary_table(schedules))
+    paths = [registry.put(schedule) for schedule in schedules]
+    print(summary_table(schedules))  # the names the files have: with the identity's digest
     print(next(line for line in reversed(lines) if line.startswith("calibration:")))
     for path in paths:
         print(f"wrote {path}")

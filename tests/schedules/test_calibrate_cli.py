@@ -43,6 +43,8 @@ def test_calibrate_writes_validated_schedules(
     low = ScheduleRegistry(out).get(tiny_pipeline_dir, 3, 3)
     assert low.timesteps == schedule.timesteps and low.coefficients != schedule.coefficients
     assert schedule.fit_report.guidance_grid == [3.0, 7.5]
+    for entry in ScheduleRegistry(out).list():  # the table names the files as written
+        assert f"{entry.path.stem} " in printed
     heldout = schedule.fit_report.heldout
     assert heldout.num_examples == 1
     assert heldout.olss_stats.worst_condition == default_prompts()[2]  # the held-out prompt
