@@ -58,13 +58,13 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         env = service_env(redis_url(PROTOCOLS_DB), cache_dir=tmp_path_factory.mktemp("cache"),
                           **GATEWAY_SETTINGS)
         worker = spawn_worker({**env, "OLSS_TEST_STEP_DELAY_MS": str(STEP_DELAY_MS)})
-        gateway = spawn_gateway(env)
+        services = Services(spawn_gateway(env), worker, env, db)
         try:
             worker.wait_ready()
-            gateway.wait_ready()
-            wait_for(lambda: httpx.get(f"{gateway.url}/readyz").status_code == 200, 120,
-                     "the worker to be ready")
-            yield Services(gateway, worker, env, db)
+            services.gateway.wait_ready()
+            wait_for(lambda: httpx.get(f"{services.gateway.url}/readyz").status_code == 200,
+                     120, "the worker to be ready")
+            yield services
         finally:
-            gateway.stop()
+            services.gateway.stop()  # a test may have replaced the first one
             worker.stop()
