@@ -2,7 +2,8 @@
 
 Expired leases are looked for (``XAUTOCLAIM``) at most every ``RECLAIM_EVERY_S``, or a quarter
 lease when that is shorter: an entry is claimable only a lease after its worker went silent, so
-a busy worker need not spend a round trip per batch on it.
+a busy worker need not spend a round trip per batch on it; after a look that took as many as
+it asked for, the next round looks again (a dead worker's backlog goes first).
 
 With nothing reclaimed, the first read blocks up to ``READ_BLOCK_MS`` for work (it returns the
 moment an entry arrives); once something arrived, more is taken while the batch window says
@@ -69,9 +70,11 @@ class BatchReceiver:
         now = time.monotonic()
         if now < self._next_reclaim:
             return []
+        got = self.lifecycle.reclaim(count)
         lease_s = self.lifecycle.settings.lease_ms / 1000
-        self._next_reclaim = now + min(RECLAIM_EVERY_S, lease_s / 4)
-        return self.lifecycle.reclaim(count)
+        # A full take may have left more behind: look again next round, before new entries.
+        self._next_reclaim = now if len(got) == count else now + min(RECLAIM_EVERY_S, lease_s / 4)
+        return got
 
     def _read_new(self, count: int, block_ms: int | None) -> list[Delivery]:
         new = self.lifecycle.read_new(count, block_ms=block_ms)

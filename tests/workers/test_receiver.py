@@ -9,7 +9,7 @@ import time
 
 import redis
 
-from olss_core.keys import job_key
+from olss_core.keys import GROUP, job_key
 from olss_core.settings import Settings
 from tests.support.queued_jobs import MODEL, enqueue, job_spec
 from workers.batch_window import BatchWindow
@@ -91,17 +91,37 @@ def test_an_entry_whose_record_expired_is_acknowledged_and_not_held(
     assert leases.held() == {jobs[0].message_id}
 
 
+def _die_with(db: redis.Redis, settings: Settings, count: int) -> list[str]:
+    """A worker reads ``count`` new entries and dies; their leases are expired at once."""
+    dead = JobLifecycle(db, settings, MODEL, "dead-worker")
+    taken = dead.read_new(count, block_ms=None)
+    db.xclaim(dead.stream, GROUP, "dead-worker", 0, [d.message_id for d in taken],
+              idle=settings.lease_ms * 2)
+    return [d.job_id for d in taken]
+
+
 def test_expired_leases_are_looked_for_at_most_every_quarter_lease(
     db: redis.Redis, settings: Settings, lifecycle: JobLifecycle, leases: LeaseTracker
 ) -> None:
-    """Right after a look for expired leases, a receive takes a new entry even though a lease
-    has expired meanwhile; a quarter lease (at most ``RECLAIM_EVERY_S``) later it claims it."""
-    first, second, new = enqueue(settings, [job_spec(), job_spec(), job_spec()])
-    dead = JobLifecycle(db, settings, MODEL, "dead-worker")
-    assert [d.job_id for d in dead.read_new(2, block_ms=None)] == [first, second]  # it dies
+    """Right after a look that found nothing, a lease that expires is left for a quarter lease
+    (at most ``RECLAIM_EVERY_S``) while new entries are taken; then it is claimed."""
     receiver = BatchReceiver(lifecycle, leases, max_entries=1, window=BatchWindow(1, 0))
-    time.sleep(settings.lease_ms * 1.5 / 1000)
-    assert [job.id for job in receiver.receive()] == [first]  # one claimed per entry asked
-    assert [job.id for job in receiver.receive()] == [new]  # no look yet: the new entry
+    (first,) = enqueue(settings, [job_spec()])
+    assert [job.id for job in receiver.receive()] == [first]  # looked: nothing had expired
+    enqueue(settings, [job_spec()])
+    (orphan,) = _die_with(db, settings, 1)
+    (later,) = enqueue(settings, [job_spec()])
+    assert [job.id for job in receiver.receive()] == [later]  # no look yet
     time.sleep(min(RECLAIM_EVERY_S, settings.lease_ms / 4000))
-    assert [job.id for job in receiver.receive()] == [second]
+    assert [job.id for job in receiver.receive()] == [orphan]
+
+
+def test_a_dead_workers_backlog_goes_before_new_entries(
+    db: redis.Redis, settings: Settings, lifecycle: JobLifecycle, leases: LeaseTracker
+) -> None:
+    """A look that took as many as it asked for is made again the next round."""
+    enqueue(settings, [job_spec(), job_spec()])
+    orphans = _die_with(db, settings, 2)
+    (new,) = enqueue(settings, [job_spec()])
+    receiver = BatchReceiver(lifecycle, leases, max_entries=1, window=BatchWindow(1, 0))
+    assert [receiver.receive()[0].id for _ in range(3)] == [*orphans, new]
