@@ -50,9 +50,6 @@ def deadline_protocol(request_timeout_s: float, max_head_bytes: int) -> type[Htt
             self._arm()
 
         def data_received(self, data: bytes) -> None:
-            if not self._receiving:  # the first bytes of the next request
-                self._receiving = True
-                self._arm()
             super().data_received(data)
             if self._in_head and not self.transport.is_closing():
                 self._head_bytes += len(data)
@@ -61,10 +58,11 @@ def deadline_protocol(request_timeout_s: float, max_head_bytes: int) -> type[Htt
                               max_head_bytes)
                     self.send_400_response(HEAD_TOO_LARGE)
 
-        def on_message_begin(self) -> None:
+        def on_message_begin(self) -> None:  # the first byte of a request
             super().on_message_begin()
-            self._in_head = True
+            self._receiving = self._in_head = True
             self._head_bytes = self._head_size = 0
+            self._arm()
 
         def on_url(self, url: bytes) -> None:
             super().on_url(url)
