@@ -25,7 +25,7 @@ CHILD_STOP_TIMEOUT_S = 30.0
 def run_gateway(args: argparse.Namespace) -> int:
     """Serve ``app.main:app`` with uvicorn; SIGTERM drains in-flight requests first.
 
-    HTTP/1.1 by httptools with a bounded request line plus headers (``OLSS_MAX_HEADER_BYTES``),
+    HTTP/1.1 by httptools with a bounded request target plus headers (``OLSS_MAX_HEADER_BYTES``),
     a deadline for each whole request (``OLSS_REQUEST_TIMEOUT_S``) and for idle keep-alive
     connections (``OLSS_KEEP_ALIVE_S``); the body limit is the app's (``OLSS_MAX_BODY_BYTES``).
     Logging is ``olss_core.logging_setup``'s: uvicorn's own config and access log are off (the

@@ -84,7 +84,8 @@ class Settings(BaseSettings):
         262_144, ge=1024, description="gateway: largest request body (413 past it)"
     )
     max_header_bytes: int = Field(
-        16_384, ge=1024, description="gateway: largest request line plus headers (400 past it)"
+        16_384, ge=1024,
+        description="gateway: largest request target plus header lines (400 past it)",
     )
     request_timeout_s: float = Field(
         10.0, gt=0, description="gateway: a client must send a whole request (headers and "
