@@ -126,8 +126,9 @@ CLIENTS = ("aiohttp", "httpx")
 request is a fraction of httpx's (measured in docs/BENCHMARKS.md), and a client's own time is
 not the service's overhead; ``--client httpx`` shows what a heavier client adds."""
 
-Post = Callable[[dict], Awaitable[dict]]
-"""``await post(body)``: one sync ``POST /generate``; the reply's JSON (raises on a non-2xx)."""
+Post = Callable[[dict], Awaitable[bytes]]
+"""``await post(body)``: one sync ``POST /generate``; the reply's body, read in full (raises on a
+non-2xx)."""
 
 
 async def _client(post: Post, client_id: int, requests: int, body: dict) -> list[Sample]:
@@ -138,7 +139,7 @@ async def _client(post: Post, client_id: int, requests: int, body: dict) -> list
         start = time.perf_counter()
         reply = await post(payload)
         e2e_ms = (time.perf_counter() - start) * 1000
-        timings = reply["timings"]
+        timings = json.loads(reply)["timings"]
         samples.append(Sample(e2e_ms, timings["inference"] * 1000, timings["queue"] * 1000,
                               timings["total"] * 1000, timings["batch_size"]))
     return samples
@@ -146,8 +147,8 @@ async def _client(post: Post, client_id: int, requests: int, body: dict) -> list
 
 @asynccontextmanager
 async def http_client(library: str, url: str, connections: int) -> AsyncIterator[Post]:
-    """A ``Post`` on a pool of ``connections`` keep-alive connections to ``url``; the reply
-    is read in full inside the timed call, its JSON parsed outside it."""
+    """A ``Post`` on a pool of ``connections`` keep-alive connections to ``url``: the timed
+    call reads the whole reply; its JSON is parsed after the clock stops."""
     if library == "aiohttp":
         import aiohttp
 
@@ -155,20 +156,20 @@ async def http_client(library: str, url: str, connections: int) -> AsyncIterator
         timeout = aiohttp.ClientTimeout(total=SYNC_TIMEOUT_S)
         async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
 
-            async def post_aiohttp(payload: dict) -> dict:
+            async def post_aiohttp(payload: dict) -> bytes:
                 async with session.post("/generate", json=payload) as response:
                     response.raise_for_status()
-                    return json.loads(await response.read())
+                    return await response.read()
 
             yield post_aiohttp
     elif library == "httpx":
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         async with httpx.AsyncClient(base_url=url, timeout=SYNC_TIMEOUT_S, limits=limits) as http:
 
-            async def post_httpx(payload: dict) -> dict:
+            async def post_httpx(payload: dict) -> bytes:
                 response = await http.post("/generate", json=payload)
                 response.raise_for_status()
-                return response.json()
+                return response.content
 
             yield post_httpx
     else:
