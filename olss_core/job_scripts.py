@@ -145,6 +145,36 @@ end
 return replies
 """)
 
+SUCCEED = _lua("""#!lua
+-- succeed (worker): store a batch's results (images, then the record), send each job's
+-- finished event, acknowledge and delete the batch's stream entries and publish the finished
+-- notice, in one atomic step: a waiter hears of a job once its result is stored, and no
+-- notice is lost between the two. Flagged like ENQUEUE: at maxmemory the whole call is refused
+-- before it runs, so no job is half stored. Returns the id of the last finished event.
+-- KEYS: jobs stream, then for each job: its record, its events, its image keys
+-- ARGV: group, image ttl, finished event fields x2, finished channel, notice, then for each
+--       job: its entry id, its image count n, its record field count m, m name-value pairs,
+--       n images
+local a, k, entries, last = 7, 2, {}, nil
+while a <= #ARGV do
+  local entry, n, m = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local job, events = KEYS[k], KEYS[k + 1]
+  local fields = a + 3
+  a, k = fields + 2 * m, k + 2
+  for _ = 1, n do
+    redis.call('SET', KEYS[k], ARGV[a], 'EX', ARGV[2])
+    a, k = a + 1, k + 1
+  end
+  redis.call('HSET', job, unpack(ARGV, fields, fields + 2 * m - 1))
+  last = redis.call('XADD', events, '*', 'type', ARGV[3], 'data', ARGV[4])
+  entries[#entries + 1] = entry
+end
+redis.call('XACK', KEYS[1], ARGV[1], unpack(entries))
+redis.call('XDEL', KEYS[1], unpack(entries))
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return last
+""")
+
 AFTER_STEP = _lua("""
 -- after a denoising step (worker), for each job of the running batch: 1 when its cancel was
 -- asked for (nothing written), else 0, having recorded the step and sent its step event when

@@ -1,9 +1,10 @@
 """Worker side of a job's life in Redis: claim, start, succeed, retry, dead-letter, cancel.
 
 Delivery is at least once. A job's stream entry stays pending in the consumer group until its
-result is stored: success, failure and cancel each store their outcome and acknowledge in one
-MULTI, then publish the finished jobs' ids (a Redis Cluster refuses PUBLISH in a MULTI; a notice
-lost between the two only delays a waiter until its next poll). Entries of a worker that died
+result is stored. A batch's success is one script (``SUCCEED``): it stores the results,
+acknowledges and publishes the finished jobs' ids, one round trip. Failure and cancel store their
+outcome and acknowledge in one MULTI, then publish (a Redis Cluster refuses PUBLISH in a MULTI; a
+notice lost between the two only delays a waiter until its next poll). Entries of a worker that died
 are claimed again once idle for ``OLSS_LEASE_MS`` (XAUTOCLAIM); a live worker keeps its entries'
 leases fresh with ``extend_leases``. Each start counts an attempt in the job record; past
 ``OLSS_MAX_ATTEMPTS`` the job is dead-lettered.
@@ -18,7 +19,7 @@ from enum import Enum
 
 import redis
 
-from olss_core.job_scripts import AFTER_STEP, START
+from olss_core.job_scripts import AFTER_STEP, START, SUCCEED
 from olss_core.job_states import JobStatus
 from olss_core.keys import (
     FINISHED_CHANNEL,
@@ -93,6 +94,7 @@ class JobLifecycle:
         self.stream = jobs_stream(model)
         self._start = client.register_script(START)
         self._after_step = client.register_script(AFTER_STEP)
+        self._succeed = client.register_script(SUCCEED)
         self._reclaim_cursor = "0-0"
 
     def ensure_group(self) -> None:
@@ -225,30 +227,32 @@ class JobLifecycle:
             pipe.execute()
 
     def succeed(self, results: list[JobResult]) -> float | None:
-        """Store every job's images and outcome, send ``finished`` and acknowledge: one MULTI
-        for the whole batch, so its jobs finish together. Returns the server time it was stored
-        (the id of the last ``finished`` event; ``None`` with nothing to store)."""
+        """Store every job's images and outcome, send ``finished``, acknowledge and publish the
+        notice: one script call for the whole batch (its jobs' keys share their model's cluster
+        slot), so its jobs finish together. Returns the server time it was stored (the id of the
+        last ``finished`` event; ``None`` with nothing to store)."""
         if not results:
             return None
-        ttl = self.settings.finished_image_ttl_s
         event = JobEvent(type=EventType.FINISHED, status=JobStatus.SUCCEEDED).to_fields()
-        with self.redis.pipeline(transaction=True) as pipe:
-            for result in results:
-                job = result.job
-                for index, data in enumerate(result.images):
-                    pipe.set(image_key(job.id, index), data, ex=ttl)
-                pipe.hset(job_key(job.id), mapping=JobRecord.fields(
-                    status=JobStatus.SUCCEEDED,
-                    finished_at=job.record.created_at + result.timings.total,
-                    schedule=result.schedule, timings=result.timings,
-                    step=job.record.total_steps, error=None, error_type=None,
-                ))
-                finished_event = len(pipe)
-                pipe.xadd(events_key(job.id), event)
-            self._ack_in(pipe, [result.job.message_id for result in results])
-            replies = pipe.execute()
-        self._announce([result.job.id for result in results])
-        return entry_seconds(replies[finished_event])
+        keys: list[str] = [self.stream]
+        args: list[str | bytes | int] = [
+            GROUP, self.settings.finished_image_ttl_s, event["type"], event["data"],
+            FINISHED_CHANNEL, finished_notice([result.job.id for result in results]),
+        ]
+        for result in results:
+            job = result.job
+            fields = JobRecord.fields(
+                status=JobStatus.SUCCEEDED,
+                finished_at=job.record.created_at + result.timings.total,
+                schedule=result.schedule, timings=result.timings,
+                step=job.record.total_steps, error=None, error_type=None,
+            )
+            keys += [job_key(job.id), events_key(job.id)]
+            keys += [image_key(job.id, index) for index in range(len(result.images))]
+            args += [job.message_id, len(result.images), len(fields)]
+            args += [item for pair in fields.items() for item in pair]
+            args += result.images
+        return entry_seconds(self._succeed(keys=keys, args=args))
 
     def finish_canceled(self, job: ClaimedJob) -> None:
         """Mark ``job`` canceled, send ``finished`` and acknowledge."""

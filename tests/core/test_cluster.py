@@ -25,6 +25,7 @@ from tests.support.queued_jobs import MODEL
 from tests.support.redis_cluster import RedisClusterNodes
 from tests.workers.test_lifecycle import (  # noqa: F401 (collected here, on the cluster)
     LEASE_MS,
+    test_a_batch_is_stored_acknowledged_and_announced_in_one_step,
     test_a_cancel_asked_while_running_is_honoured_on_redelivery,
     test_a_dead_workers_job_is_claimed_after_the_lease,
     test_a_failing_job_is_retried_then_dead_lettered,

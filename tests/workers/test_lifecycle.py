@@ -12,10 +12,13 @@ import redis
 
 from olss_core.job_states import JobStatus
 from olss_core.keys import (
+    FINISHED_CHANNEL,
     GROUP,
     cancel_key,
     dead_stream,
     events_key,
+    finished_ids,
+    image_key,
     job_key,
     jobs_stream,
     queued_zset,
@@ -25,6 +28,7 @@ from olss_core.settings import Settings
 from tests.support.queued_jobs import MODEL, job_spec
 from tests.support.queued_jobs import enqueue as queue_jobs
 from tests.support.redis_db import unit_settings
+from workers.batch_window import entry_seconds
 from workers.lifecycle import ClaimedJob, JobLifecycle, JobResult, Start
 
 LEASE_MS = 200
@@ -183,3 +187,35 @@ def test_after_step_records_the_step_of_the_sent_jobs_and_reports_cancels(
     event = JobEvent.from_fields(fields)
     assert (event.step, event.total) == (2, 5)
     assert status(db, sent_id).total_steps == 5
+
+
+def test_a_batch_is_stored_acknowledged_and_announced_in_one_step(
+    db: redis.Redis, settings: Settings
+) -> None:
+    first_id, second_id = enqueue(settings, count=2)
+    a = worker(db, settings, "a")
+    first, second = (start(a, job)[1] for job in a.load(a.read_new(8, None)))
+    listener = db.pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(FINISHED_CHANNEL)
+    try:
+        stored_at = a.succeed([JobResult(first, [b"one", b"two"], "sched-a", timings()),
+                               JobResult(second, [b"three"], "sched-b", timings())])
+        deadline = time.monotonic() + 5
+        message = None
+        while message is None and time.monotonic() < deadline:
+            message = listener.get_message(timeout=0.5)
+    finally:
+        listener.close()
+    assert message is not None and finished_ids(message["data"]) == [first_id, second_id]
+    assert [db.get(image_key(first_id, n)) for n in range(3)] == ["one", "two", None]
+    assert db.get(image_key(second_id, 0)) == "three"
+    assert 0 < db.ttl(image_key(second_id, 0)) <= settings.finished_image_ttl_s
+    records = [status(db, job_id) for job_id in (first_id, second_id)]
+    assert [(r.status, r.schedule, r.step) for r in records] == [
+        (JobStatus.SUCCEEDED, "sched-a", 5), (JobStatus.SUCCEEDED, "sched-b", 5)]
+    assert all(r.timings == timings() for r in records)
+    assert db.xlen(jobs_stream(MODEL)) == 0
+    assert db.xpending(jobs_stream(MODEL), GROUP)["pending"] == 0
+    (last_event, fields), = db.xrevrange(events_key(second_id), count=1)
+    assert fields["type"] == "finished"
+    assert stored_at == entry_seconds(last_event)
