@@ -3,7 +3,7 @@ batch n+1 on the device.
 
 Encoding a 512x512 PNG takes tens of milliseconds of CPU (zlib, which Pillow runs without the
 GIL), and the serving loop would otherwise leave the device idle meanwhile. The stage keeps
-delivery at least once: a job is acknowledged only in the MULTI that stores its result, its entry
+delivery at least once: a job is acknowledged only in the script that stores its result, its entry
 stays held (its lease extended by the heartbeat) until then, and the serving loop drains the stage
 before it returns, so a stopping worker (SIGTERM) stores every batch it ran. A worker killed with
 a batch still in the stage never acknowledged it: those jobs are delivered again.
@@ -15,6 +15,7 @@ from the next ``store`` or ``drain`` call, in the serving loop, which handles it
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
@@ -52,6 +53,10 @@ class ResultStage:
         self._pending = self._executor.submit(
             self._writer.store, list(batch), generation, frozenset(canceled)
         )
+        # Let the store thread take the GIL now, not when this thread next blocks (its next
+        # Redis read): on the 2-core dev box that halved the handover, 0.3-0.4 ms to 0.15-0.24
+        # (docs/BENCHMARKS.md, "Service load").
+        time.sleep(0)
 
     def drain(self) -> None:
         pending, self._pending = self._pending, None
