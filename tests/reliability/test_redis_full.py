@@ -13,12 +13,12 @@ import redis
 from app.errors import REDIS_FULL_RETRY_AFTER_S
 from olss_core.job_states import JobStatus
 from olss_core.keys import GROUP, STREAM_JOB_FIELD, events_key, image_key, job_key, jobs_stream
-from olss_core.protocol import Timings
 from olss_core.settings import Settings
 from tests.reliability.conftest import MODEL, RedisServer, client
 from tests.support.processes import Gateway
 from tests.support.queued_jobs import MODEL as QUEUED_MODEL
 from tests.support.queued_jobs import enqueue, job_spec
+from tests.support.thread_worker import TIMINGS
 from workers.lifecycle import JobLifecycle, JobResult
 
 ASYNC = {"Prefer": "respond-async"}
@@ -62,8 +62,7 @@ def test_a_full_redis_refuses_a_batch_store_whole_and_the_job_is_stored_once_the
     worker = JobLifecycle(admin, settings, QUEUED_MODEL, "w")
     worker.ensure_group()
     ((_, job),) = worker.start(worker.load(worker.read_new(8, None)))
-    result = JobResult(job, [b"\x89PNG" + bytes(4096)], "sched", Timings(
-        queue=0, inference=0.1, total=0.2, encode=0, denoise=0.1, decode=0, batch_size=1))
+    result = JobResult(job, [b"\x89PNG" + bytes(4096)], "sched", TIMINGS)
     admin.config_set("maxmemory-policy", "noeviction")
     admin.config_set("maxmemory", str(admin.info("memory")["used_memory"] // 2))
     try:
