@@ -59,6 +59,8 @@ ENQUEUE = _lua("""#!lua
 -- enqueue (gateway): a new job record, its queued event and its stream entry, or the job
 -- already made for an idempotency key ('existing'; 'conflict' when that job was made for a
 -- request with another fingerprint), or 'full' past the depth limit.
+-- The stream entry carries the job id and a copy of the new record's fields, so the worker
+-- that reads it has the spec without reading the record (workers.lifecycle).
 -- The job joins its caller's jobs; a job with a webhook gets an entry on the webhook stream,
 -- so its deliveries are due from the moment it exists (app.webhooks).
 -- KEYS: job, queued zset, stream, events, idempotency (may be unused), caller's jobs zset,
@@ -82,7 +84,7 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('XADD', KEYS[4], '*', 'type', ARGV[6], 'data', ARGV[7])
 redis.call('EXPIRE', KEYS[4], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
-redis.call('XADD', KEYS[3], '*', $JOB_FIELD, ARGV[1])
+redis.call('XADD', KEYS[3], '*', $JOB_FIELD, ARGV[1], unpack(ARGV, 10))
 redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', tonumber(ARGV[4]) - tonumber(ARGV[3]))
 redis.call('ZADD', KEYS[6], ARGV[4], ARGV[1])
 redis.call('EXPIRE', KEYS[6], ARGV[3])
@@ -114,7 +116,8 @@ START = _lua("""
 -- start (worker): for each delivered job of one model, move it to running, count an attempt
 -- and send its started event (ARGV's, with the attempt's number set), unless it is gone
 -- ('missing'), finished ('finished'), canceled ('cancel') or out of attempts ('dead'); one
--- reply per job, in order.
+-- reply per job, in order. 'run' and 'dead' come with the record as it is now (a dead job's
+-- attempts: those that ran).
 -- KEYS: queued zset, then the job, its cancel flag and its events for each job.
 -- ARGV: worker id, now, max attempts, started event fields x2 (data: JSON without attempt)
 local replies = {}
@@ -129,12 +132,12 @@ for i = 2, #KEYS, 3 do
     replies[#replies + 1] = {'cancel'}
   else
     redis.call('ZREM', KEYS[1], redis.call('HGET', job, $ID))
-    local attempts = redis.call('HINCRBY', job, $ATTEMPTS, 1)
+    local attempts = (tonumber(redis.call('HGET', job, $ATTEMPTS)) or 0) + 1
     if attempts > tonumber(ARGV[3]) then
-      replies[#replies + 1] = {'dead'}
+      replies[#replies + 1] = {'dead', redis.call('HGETALL', job)}
     else
       redis.call('HSET', job, $STATUS, $RUNNING, $STARTED_AT, ARGV[2], $WORKER, ARGV[1],
-                 $STEP, '0')
+                 $STEP, '0', $ATTEMPTS, attempts)
       local event = cjson.decode(ARGV[5])
       event['attempt'] = attempts
       redis.call('XADD', events, '*', 'type', ARGV[4], 'data', cjson.encode(event))

@@ -1,10 +1,13 @@
 """Worker side of a job's life in Redis: claim, start, succeed, retry, dead-letter, cancel.
 
 Delivery is at least once. A job's stream entry stays pending in the consumer group until its
-result is stored. A batch's success is one script (``SUCCEED``): it stores the results,
-acknowledges and publishes the finished jobs' ids, one round trip. Failure and cancel store their
-outcome and acknowledge in one MULTI, then publish (a Redis Cluster refuses PUBLISH in a MULTI; a
-notice lost between the two only delays a waiter until its next poll). Entries of a worker that died
+result is stored. The entry the gateway makes carries a copy of the new record, so a delivered
+job's spec costs no read; an entry without one (a retry, a hand-back) has its record read.
+``START`` checks the record as it is now, so a stale copy (a job canceled since) never runs.
+A batch's success is one script (``SUCCEED``): it stores the results, acknowledges and
+publishes the finished jobs' ids, one round trip. Failure and cancel store their outcome and
+acknowledge in one MULTI, then publish (a Redis Cluster refuses PUBLISH in a MULTI; a notice
+lost between the two only delays a waiter until its next poll). Entries of a worker that died
 are claimed again once idle for ``OLSS_LEASE_MS`` (XAUTOCLAIM); a live worker keeps its entries'
 leases fresh with ``extend_leases``. Each start counts an attempt in the job record; past
 ``OLSS_MAX_ATTEMPTS`` the job is dead-lettered.
@@ -24,6 +27,7 @@ from olss_core.job_states import JobStatus
 from olss_core.keys import (
     FINISHED_CHANNEL,
     GROUP,
+    STREAM_JOB_FIELD,
     cancel_key,
     dead_stream,
     events_key,
@@ -51,10 +55,24 @@ class Start(Enum):
 
 @dataclass(frozen=True)
 class Delivery:
-    """A stream entry read by this worker: its entry id and the job it names."""
+    """A stream entry read by this worker: its entry id, the job it names and the copy of the
+    job's record it carries (``None``: the entry has none, or an unreadable one)."""
 
     message_id: str
     job_id: str
+    record: JobRecord | None = None
+
+    @classmethod
+    def of(cls, message_id: str, fields: dict[str, str]) -> Delivery:
+        record_fields = {k: v for k, v in fields.items() if k != STREAM_JOB_FIELD}
+        record = None
+        if record_fields:
+            try:
+                record = JobRecord.from_hash(record_fields)
+            except ValueError:  # pydantic's ValidationError (its text may quote the prompt)
+                log.warning("entry %s carries an unreadable copy of its record: reading the "
+                            "record instead", message_id)
+        return cls(message_id, fields[STREAM_JOB_FIELD], record)
 
 
 @dataclass(frozen=True)
@@ -112,7 +130,7 @@ class JobLifecycle:
         reply = self.redis.xreadgroup(
             GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms
         )
-        return [Delivery(mid, fields["job_id"]) for _, entries in reply for mid, fields in entries]
+        return [Delivery.of(mid, fields) for _, entries in reply for mid, fields in entries]
 
     def reclaim(self, count: int) -> list[Delivery]:
         """Entries idle longer than the lease (their worker died): now this worker's."""
@@ -127,7 +145,7 @@ class JobLifecycle:
         self._reclaim_cursor = cursor
         if deleted:
             self.redis.xack(self.stream, GROUP, *deleted)
-        return [Delivery(mid, fields["job_id"]) for mid, fields in entries if fields]
+        return [Delivery.of(mid, fields) for mid, fields in entries if fields]
 
     def extend_leases(self, message_ids: list[str]) -> None:
         """Reset the idle time of the entries this worker still owns (no other worker's)."""
@@ -146,14 +164,21 @@ class JobLifecycle:
             self.redis.xclaim(self.stream, GROUP, self.consumer, 0, mine, justid=True)
 
     def load(self, deliveries: list[Delivery]) -> list[ClaimedJob]:
-        """Read the records; entries whose record expired are acknowledged and dropped."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            for delivery in deliveries:
-                pipe.hgetall(job_key(delivery.job_id))
-            hashes = pipe.execute()
+        """The delivered jobs, in order: an entry's own copy of its record, else the record
+        read now; entries whose record expired are acknowledged and dropped (``START`` finds
+        that out for an entry with a copy)."""
+        unread = [delivery for delivery in deliveries if delivery.record is None]
+        read: dict[str, dict[str, str]] = {}
+        if unread:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for delivery in unread:
+                    pipe.hgetall(job_key(delivery.job_id))
+                read = dict(zip((d.message_id for d in unread), pipe.execute(), strict=True))
         claimed = []
-        for delivery, data in zip(deliveries, hashes, strict=True):
-            if data:
+        for delivery in deliveries:
+            if delivery.record is not None:
+                claimed.append(ClaimedJob(delivery.message_id, delivery.record))
+            elif data := read[delivery.message_id]:
                 claimed.append(ClaimedJob(delivery.message_id, JobRecord.from_hash(data)))
             else:
                 self._ack([delivery.message_id])
@@ -177,10 +202,12 @@ class JobLifecycle:
         decisions: list[tuple[Start, ClaimedJob]] = []
         for job, reply in zip(jobs, replies, strict=True):
             outcome = reply[0]
-            if outcome == "run":
+            if outcome in ("run", "dead"):
                 flat = reply[1]
                 record = JobRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
-                decisions.append((Start.RUN, ClaimedJob(job.message_id, record)))
+                job = ClaimedJob(job.message_id, record)
+            if outcome == "run":
+                decisions.append((Start.RUN, job))
                 continue
             if outcome == "cancel":
                 self.finish_canceled(job)
@@ -288,7 +315,7 @@ class JobLifecycle:
             pipe.hset(job_key(job.id), mapping=fields)
             pipe.zadd(queued_zset(self.model), {job.id: now()})
             pipe.xadd(events_key(job.id), event.to_fields())
-            pipe.xadd(self.stream, {"job_id": job.id})
+            pipe.xadd(self.stream, {STREAM_JOB_FIELD: job.id})
             self._ack_in(pipe, [job.message_id])
             pipe.execute()
 
@@ -297,7 +324,7 @@ class JobLifecycle:
         another worker takes them now rather than after the lease."""
         with self.redis.pipeline(transaction=True) as pipe:
             for job in jobs:
-                pipe.xadd(self.stream, {"job_id": job.id})
+                pipe.xadd(self.stream, {STREAM_JOB_FIELD: job.id})
             self._ack_in(pipe, [job.message_id for job in jobs])
             pipe.execute()
 

@@ -21,6 +21,7 @@ from olss_core.keys import (
     image_key,
     job_key,
     jobs_stream,
+    new_job_id,
     queued_zset,
 )
 from olss_core.protocol import JobEvent, JobRecord, Timings
@@ -115,9 +116,54 @@ def test_past_the_attempt_limit_a_job_is_dead_lettered(db: redis.Redis, settings
     record = status(db, job_id)
     assert (record.status, record.error_type) == (JobStatus.FAILED, "dead_lettered")
     assert "lease expired" in record.error
+    assert record.attempts == settings.max_attempts  # the attempts that ran
     ((_, fields),) = db.xrange(dead_stream(MODEL))
-    assert fields["job_id"] == job_id
+    assert (fields["job_id"], fields["attempts"]) == (job_id, str(settings.max_attempts))
     assert db.xlen(jobs_stream(MODEL)) == 0
+
+
+def test_a_new_entry_carries_its_record_so_the_worker_need_not_read_it(
+    db: redis.Redis, settings: Settings
+) -> None:
+    (job_id,) = enqueue(settings)
+    a = worker(db, settings, "a")
+    (delivery,) = a.read_new(8, None)
+    assert delivery.record == status(db, job_id)
+    db.hset(job_key(job_id), "spec", job_spec(prompt="changed in the record").model_dump_json())
+    (job,) = a.load([delivery])
+    assert job.spec.prompt == "x"  # the entry's copy: the record was not read
+    outcome, started = start(a, job)
+    assert outcome is Start.RUN and started.spec.prompt == "changed in the record"
+    assert (started.record.status, started.record.attempts) == (JobStatus.RUNNING, 1)
+
+
+def test_a_stale_copy_never_runs_a_job_canceled_or_expired_since_it_was_queued(
+    db: redis.Redis, settings: Settings
+) -> None:
+    canceled_id, expired_id = enqueue(settings, count=2)
+    a = worker(db, settings, "a")
+    canceled, expired = a.load(a.read_new(8, None))
+    db.hset(job_key(canceled_id), "status", JobStatus.CANCELED.value)
+    db.delete(job_key(expired_id))
+    assert [outcome for outcome, _ in a.start([canceled, expired])] == [Start.SKIP, Start.SKIP]
+    assert db.xlen(jobs_stream(MODEL)) == 0
+    assert status(db, canceled_id).status is JobStatus.CANCELED
+
+
+def test_an_entry_without_a_readable_copy_has_its_record_read(
+    db: redis.Redis, settings: Settings
+) -> None:
+    (job_id,) = enqueue(settings)
+    a = worker(db, settings, "a")
+    (queued,) = a.read_new(8, None)
+    db.xadd(jobs_stream(MODEL), {"job_id": job_id, "spec": "{not json"})
+    db.xadd(jobs_stream(MODEL), {"job_id": new_job_id(MODEL)})
+    broken, gone = a.read_new(8, None)
+    assert broken.record is None and gone.record is None
+    (job,) = a.load([broken, gone])
+    assert job.record == status(db, job_id) and job.message_id == broken.message_id
+    assert [entry_id for entry_id, _ in db.xrange(jobs_stream(MODEL))] == [
+        queued.message_id, broken.message_id]  # the entry of the gone job is acknowledged
 
 
 def test_a_failing_job_is_retried_then_dead_lettered(db: redis.Redis, settings: Settings) -> None:

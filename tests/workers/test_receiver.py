@@ -9,7 +9,7 @@ import time
 
 import redis
 
-from olss_core.keys import GROUP, job_key
+from olss_core.keys import GROUP, STREAM_JOB_FIELD, job_key
 from olss_core.settings import Settings
 from tests.support.queued_jobs import MODEL, enqueue, job_spec
 from workers.batch_window import BatchWindow
@@ -84,11 +84,17 @@ def test_a_fixed_window_is_waited_out_even_for_a_lone_job(
 def test_an_entry_whose_record_expired_is_acknowledged_and_not_held(
     db: redis.Redis, settings: Settings, lifecycle: JobLifecycle, leases: LeaseTracker
 ) -> None:
+    """An entry without a copy of its record (a retry's, a hand-back's) has it read; one with
+    a copy is found out by ``START`` (tests/workers/test_lifecycle.py)."""
     expired, alive = enqueue(settings, [job_spec(), job_spec()])
     db.delete(job_key(expired))
+    db.xtrim(lifecycle.stream, maxlen=0)
+    for job_id in (expired, alive):
+        db.xadd(lifecycle.stream, {STREAM_JOB_FIELD: job_id})
     jobs = BatchReceiver(lifecycle, leases, max_entries=4, window=BatchWindow(4, 0)).receive()
     assert [job.id for job in jobs] == [alive]
     assert leases.held() == {jobs[0].message_id}
+    assert [entry_id for entry_id, _ in db.xrange(lifecycle.stream)] == [jobs[0].message_id]
 
 
 def _die_with(db: redis.Redis, settings: Settings, count: int) -> list[str]:
