@@ -9,8 +9,10 @@ The fleet's keys share the tag ``{fleet}``. ``{t}`` below is a model tag, ``{id}
 ==============================  ======  =====================================================
 key                             type    contents
 ==============================  ======  =====================================================
-``olss:{t}:jobs``               stream  one entry per delivery, field ``job_id``; consumer group
-                                        ``olss-workers``; entries are deleted when acknowledged
+``olss:{t}:jobs``               stream  one entry per delivery, field ``job_id`` (a new job's
+                                        entry also carries a copy of its record's fields);
+                                        consumer group ``olss-workers``; entries are deleted
+                                        when acknowledged
 ``olss:{t}:queued``             zset    job ids waiting to start, scored by enqueue time
                                         (queue depth and queue position)
 ``olss:{t}:dead``               stream  dead-lettered jobs: ``job_id``, ``reason``, ``attempts``

@@ -185,6 +185,11 @@ class Settings(BaseSettings):
         "(clients of just-stored jobs, a burst under way); off: every batch waits "
         "OLSS_MAX_BATCH_WAIT_MS"
     )
+    png_compress_level: int = Field(
+        1, ge=0, le=9, description="worker: zlib level of PNG images, 0-9 (lossless at every "
+        "level; 1 encodes a photo-like 512x512 or 1024x1024 image about twice as fast as PIL's "
+        "default 6, for files about 15% larger: docs/BENCHMARKS.md)"
+    )
     overlap_results: bool = Field(
         True, description="worker: encode and store a batch's images in a background thread "
         "while the next batch runs"

@@ -60,12 +60,12 @@ class ResultWriter:
             self._observe(result.timings)
             log_job(result.job, Outcome.SUCCEEDED, batch_images, result.schedule, result.timings)
 
-    @staticmethod
-    def _encode(job: ClaimedJob, pictures: list[Image.Image], schedule: str) -> list[bytes]:
+    def _encode(self, job: ClaimedJob, pictures: list[Image.Image], schedule: str) -> list[bytes]:
         spec = job.spec
+        level = self.lifecycle.settings.png_compress_level
         return [
             encode_image(picture, spec.output_format,
-                         ImageParameters.of(spec, index, schedule, job.id))
+                         ImageParameters.of(spec, index, schedule, job.id), level)
             for index, picture in enumerate(pictures)
         ]
 

@@ -55,14 +55,20 @@ def _exif(parameters: ImageParameters) -> Image.Exif:
     return exif
 
 
-def encode_image(image: Image.Image, fmt: str, parameters: ImageParameters) -> bytes:
-    """``image`` as ``fmt`` bytes, with ``parameters`` embedded (see the module docstring)."""
+def encode_image(
+    image: Image.Image, fmt: str, parameters: ImageParameters, png_compress_level: int
+) -> bytes:
+    """``image`` as ``fmt`` bytes, with ``parameters`` embedded (see the module docstring).
+
+    ``png_compress_level`` is zlib's level (0-9) for a PNG: it trades encoding time for file
+    size only, the pixels are the same at every level (``OLSS_PNG_COMPRESS_LEVEL``).
+    """
     buffer = io.BytesIO()
     if fmt == "png":
         info = PngInfo()
         info.add_text(PNG_INFOTEXT_KEY, parameters.infotext())
         info.add_text(PNG_PARAMETERS_KEY, parameters.model_dump_json())
-        image.save(buffer, format="PNG", pnginfo=info)
+        image.save(buffer, format="PNG", pnginfo=info, compress_level=png_compress_level)
     elif fmt in ("jpeg", "webp"):
         image.convert("RGB").save(
             buffer, format=fmt.upper(), quality=LOSSY_QUALITY, exif=_exif(parameters),

@@ -37,7 +37,8 @@ def finish(worker: JobLifecycle, stored_at: list[float] | None = None, delay_s: 
     job = take_one(worker)
     images = [
         encode_image(Image.new("RGB", (job.spec.width, job.spec.height), "green"),
-                     job.spec.output_format, ImageParameters.of(job.spec, n, "sched", job.id))
+                     job.spec.output_format, ImageParameters.of(job.spec, n, "sched", job.id),
+                     worker.settings.png_compress_level)
         for n in range(job.spec.num_images)
     ]
     time.sleep(delay_s)

@@ -15,7 +15,7 @@ from olss_core.metrics import WorkerMetrics
 from olss_core.protocol import JobRecord
 from olss_core.settings import Settings
 from tests.support.fake_engine import DURATIONS, FakeEngine
-from tests.support.queued_jobs import enqueue, job_spec
+from tests.support.queued_jobs import MODEL, enqueue, job_spec
 from tests.support.worker_parts import jobs_counted, receive_all
 from workers.leases import LeaseTracker
 from workers.lifecycle import ClaimedJob, JobLifecycle
@@ -89,3 +89,23 @@ def test_a_job_canceled_meanwhile_is_skipped_but_counts_in_the_batch_size(
     assert record(db, kept).timings.batch_size == 3
     assert jobs_counted(metrics) == {"succeeded": 1}
     assert leases.held() == {batch[0].message_id}
+
+
+@pytest.mark.parametrize("level", [0, 9])
+def test_pngs_are_encoded_at_the_configured_level(
+    db: redis.Redis, settings: Settings, metrics: WorkerMetrics, level: int
+) -> None:
+    configured = settings.model_copy(update={"png_compress_level": level})
+    lifecycle = JobLifecycle(db, configured, MODEL, "writer")
+    lifecycle.ensure_group()
+    leases = LeaseTracker(lifecycle)
+    (job_id,) = enqueue(configured, [job_spec(width=64, height=64)])
+    batch = started(lifecycle, leases)
+    ResultWriter(lifecycle, leases, metrics).store(
+        batch, FakeEngine().generate([job.spec for job in batch]))
+    data = stored_image(settings, job_id, 0)
+    with Image.open(io.BytesIO(data)) as image:
+        pixels = image.tobytes()
+    assert len(pixels) == 64 * 64 * 3
+    stored_raw = len(data) > len(pixels)  # level 0 stores the pixels, with headers around them
+    assert stored_raw is (level == 0)

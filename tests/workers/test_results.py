@@ -11,6 +11,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from olss_core.protocol import JobSpec
+from olss_core.settings import Settings
 from workers.results import (
     EXIF_IFD,
     USER_COMMENT,
@@ -32,6 +33,7 @@ SPEC = JobSpec(
     num_images=2,
 )
 FORMATS = [("png", "PNG"), ("jpeg", "JPEG"), ("webp", "WEBP")]
+PNG_LEVEL = Settings.model_fields["png_compress_level"].default
 FIELD = re.compile(r'(?:^|, )([^:,]+): ("(?:[^"\\]|\\.)*"|[^,]*)')
 """``Key: value`` of the infotext's last line; a value with commas or colons is JSON-quoted."""
 
@@ -51,10 +53,23 @@ def parse_infotext(text: str) -> tuple[str, str, dict[str, str]]:
     return "\n".join(prompt_lines), negative, fields
 
 
+def test_the_png_level_changes_the_size_and_never_the_pixels() -> None:
+    gradient = Image.linear_gradient("L").convert("RGB")  # 256x256, very compressible
+    parameters = ImageParameters.of(SPEC, 0, None, "job1")
+    sizes = {}
+    for level in (0, 1, 9):
+        data = encode_image(gradient, "png", parameters, level)
+        with Image.open(io.BytesIO(data)) as image:
+            assert image.tobytes() == gradient.tobytes()
+        assert read_parameters(data) == parameters
+        sizes[level] = len(data)
+    assert sizes[0] > 10 * sizes[1] and sizes[1] >= sizes[9]  # 0 stores the pixels as they are
+
+
 @pytest.mark.parametrize(("fmt", "pil_name"), FORMATS)
 def test_every_format_carries_the_full_parameters(fmt: str, pil_name: str) -> None:
     parameters = ImageParameters.of(SPEC, 1, "m__5steps", "job1")
-    data = encode_image(Image.new("RGB", (32, 24), "red"), fmt, parameters)
+    data = encode_image(Image.new("RGB", (32, 24), "red"), fmt, parameters, PNG_LEVEL)
     with Image.open(io.BytesIO(data)) as image:
         assert (image.format, image.size) == (pil_name, (32, 24))
     stored = read_parameters(data)
@@ -65,7 +80,7 @@ def test_every_format_carries_the_full_parameters(fmt: str, pil_name: str) -> No
 @pytest.mark.parametrize(("fmt", "pil_name"), FORMATS)
 def test_every_format_carries_a1111_infotext(fmt: str, pil_name: str) -> None:
     parameters = ImageParameters.of(SPEC, 0, "m__5steps", "job1")
-    data = encode_image(Image.new("RGB", (32, 24), "blue"), fmt, parameters)
+    data = encode_image(Image.new("RGB", (32, 24), "blue"), fmt, parameters, PNG_LEVEL)
     prompt, negative, fields = parse_infotext(read_infotext(data))
     assert (prompt, negative) == (SPEC.prompt, "blur")
     assert fields == {
@@ -76,14 +91,14 @@ def test_every_format_carries_a1111_infotext(fmt: str, pil_name: str) -> None:
 
 def test_png_infotext_is_the_chunk_a1111_reads() -> None:
     data = encode_image(Image.new("RGB", (8, 8)), "png",
-                        ImageParameters.of(SPEC, 0, None, "job1"))
+                        ImageParameters.of(SPEC, 0, None, "job1"), PNG_LEVEL)
     with Image.open(io.BytesIO(data)) as image:
         assert image.text["parameters"].startswith(SPEC.prompt + "\nNegative prompt: blur\n")
 
 
 def test_jpeg_user_comment_is_exif_unicode() -> None:
     data = encode_image(Image.new("RGB", (8, 8)), "jpeg",
-                        ImageParameters.of(SPEC, 0, None, "job1"))
+                        ImageParameters.of(SPEC, 0, None, "job1"), PNG_LEVEL)
     with Image.open(io.BytesIO(data)) as image:
         comment = image.getexif().get_ifd(EXIF_IFD)[USER_COMMENT]
     assert comment[:8] == b"UNICODE\x00"
