@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from app.auth import Caller
 from app.errors import JobNotFound
+from app.result_reads import ResultReads
 from olss_core.job_states import JobStatus
 from olss_core.keys import image_key, job_key
 from olss_core.protocol import JobRecord
@@ -31,23 +32,18 @@ async def get_record(redis: Redis, job_id: str, caller: Caller) -> JobRecord:
 
 
 async def get_result(
-    redis_bytes: Redis, job_id: str, expected: int, caller: Caller,
+    reads: ResultReads, job_id: str, expected: int, caller: Caller,
     delivered_ttl_s: int | None = None,
 ) -> tuple[JobRecord, list[bytes]]:
-    """A finished job's record and images in one round trip (raw-bytes client).
+    """A finished job's record and images in one round trip, shared with the other reads of
+    this event-loop turn (``app.result_reads``).
 
     Reads ``expected`` image keys with the record (then any more the record names). With
     ``delivered_ttl_s`` the images read are marked delivered in the same round trip (see
     ``delivered``), for a caller that may see the job.
     """
-    async with redis_bytes.pipeline(transaction=False) as pipe:
-        pipe.hgetall(job_key(job_id))
-        for n in range(expected):  # GETs, not one MGET: a cluster pipeline refuses MGET
-            pipe.get(image_key(job_id, n))
-            if delivered_ttl_s is not None:
-                pipe.expire(image_key(job_id, n), delivered_ttl_s, lt=True)
-        data, *replies = await pipe.execute()
-    values = replies if delivered_ttl_s is None else replies[::2]
+    redis_bytes = reads.redis
+    data, values = await reads.read(job_id, expected, delivered_ttl_s)
     record = _visible({k.decode(): v.decode() for k, v in data.items()}, job_id, caller)
     count = record.spec.num_images
     if count > expected:

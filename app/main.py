@@ -18,6 +18,7 @@ from app.fleet import FleetView
 from app.notifier import FinishNotifier
 from app.queue import JobQueue
 from app.request_observer import RequestObserver
+from app.result_reads import ResultReads
 from app.throughput import FinishRate
 from app.webhooks.dispatcher import WebhookDispatcher
 from olss_core import __version__
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redis_bytes = async_client(*pool, decode_responses=False)
         app.state.redis = redis
         app.state.redis_bytes = redis_bytes
+        app.state.result_reads = ResultReads(redis_bytes)
         finishes = FinishRate()
         app.state.queue = JobQueue(redis, settings, finishes)
         app.state.fleet = FleetView(redis)

@@ -24,6 +24,7 @@ from app.errors import JobCanceled, JobFailed, JobFinished, JobNotFound, JobTime
 from app.fleet import FleetView
 from app.notifier import FinishNotifier
 from app.queue import Idempotency, JobQueue
+from app.result_reads import ResultReads
 from app.schemas import GenerateRequest
 from app.validation import build_job_spec
 from app.webhooks.targets import webhook_target
@@ -68,7 +69,7 @@ class JobService:
 
     settings: Settings
     redis: Redis
-    redis_bytes: Redis
+    reads: ResultReads
     queue: JobQueue
     fleet: FleetView
     notifier: FinishNotifier
@@ -143,7 +144,7 @@ class JobService:
         job_id = submitted.job_id
         if read_images:
             record, images = await jobs.get_result(
-                self.redis_bytes, job_id, submitted.spec.num_images, self.caller,
+                self.reads, job_id, submitted.spec.num_images, self.caller,
                 delivered_ttl_s=self.settings.delivered_image_ttl_s,
             )
         else:

@@ -119,8 +119,8 @@ A1111CallerDep = Annotated[Caller, Depends(require_a1111_key)]
 def job_service(request: Request, caller: Caller) -> JobService:
     """The submit-and-wait path (``app.submission``) for ``caller``."""
     state = request.app.state
-    return JobService(state.settings, state.redis, state.redis_bytes, state.queue, state.fleet,
-                      state.notifier, caller)
+    return JobService(state.settings, state.redis, state.result_reads, state.queue,
+                      state.fleet, state.notifier, caller)
 
 
 async def _job_service(request: Request, caller: CallerDep) -> JobService:
