@@ -41,10 +41,16 @@ class GraphCall:
     def captured(self) -> bool:
         return self._graph is not None
 
-    def capture(self, pool: Any) -> None:
-        """Record ``fn`` as a CUDA graph; its output becomes the static ``output``."""
+    def capture(self, pool: Any, stream: torch.cuda.Stream) -> None:
+        """Record ``fn`` as a CUDA graph on ``stream``; its output becomes the static ``output``.
+
+        A capture records only the kernels launched on its stream. ``torch.cuda.graph``'s own
+        stream belongs to the thread's current device, which is ``cuda:0`` unless set, so the
+        stream here is one on the tensors' device: on ``cuda:1`` the default would capture an
+        empty graph whose replays leave the capture-time outputs.
+        """
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool):
+        with torch.cuda.device(stream.device), torch.cuda.graph(graph, pool=pool, stream=stream):
             self.output = self._fn()
         self._graph = graph
 
@@ -74,7 +80,7 @@ def warm_up_then_capture(
     torch.cuda.synchronize(device)
     before()
     for call in calls:
-        call.capture(pool)
+        call.capture(pool, side)
 
 
 class CapturedStage:

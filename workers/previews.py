@@ -180,7 +180,7 @@ class StepPreviews:
                 host = torch.empty(pixels.shape, dtype=pixels.dtype, pin_memory=True)
                 host.copy_(pixels, non_blocking=True)
                 done = torch.cuda.Event()
-                done.record()
+                done.record(torch.cuda.current_stream(pixels.device))
         spec = jobs[0].spec
         size = preview_size(spec.width, spec.height)
         self._pending.append(self._executor.submit(  # pixels: alive until copied

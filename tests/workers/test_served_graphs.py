@@ -126,19 +126,30 @@ def test_compiled_models_in_the_graph_code_serve_the_same_images(
     assert image_bytes(engine.generate([spec(2)], olss)) == expected
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def cuda_devices() -> list:
+    """``cuda`` and, on a host with two or more, the last CUDA device (a capture there must
+    record on that device's stream, not on ``cuda:0``'s)."""
+    need_one = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+    need_two = pytest.mark.skipif(
+        torch.cuda.device_count() < 2, reason="needs two CUDA devices"
+    )
+    last = f"cuda:{max(torch.cuda.device_count() - 1, 1)}"
+    return [pytest.param("cuda", marks=need_one), pytest.param(last, marks=need_two, id="last")]
+
+
+@pytest.mark.parametrize("device", cuda_devices())
 @pytest.mark.parametrize("mode", [GraphMode.STEP, GraphMode.LOOP])
 def test_captured_cuda_graphs_replay_the_eager_images(
-    tiny_pipeline: StableDiffusionPipeline, mode: GraphMode
+    tiny_pipeline: StableDiffusionPipeline, mode: GraphMode, device: str
 ) -> None:
-    cuda = torch.device("cuda")
+    cuda = torch.device(device)
     pipe = tiny_pipeline.to(cuda)
     olss = OLSSScheduler.from_schedule(build_schedule(4))
     eager = InferenceEngine(pipe, cuda)
     graphed = InferenceEngine(pipe, cuda, mode, BUCKETS)
-    for count in (3, 1, 3):
-        expected = eager.generate([spec(count)], olss)
-        replayed = graphed.generate([spec(count)], olss)
+    for count, seed in ((3, 11), (1, 12), (3, 13)):  # new seeds: a replay must read new inputs
+        expected = eager.generate([spec(count, seed=seed)], olss)
+        replayed = graphed.generate([spec(count, seed=seed)], olss)
         for a, b in zip(expected.images[0], replayed.images[0], strict=True):
             assert np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() <= 1
     assert any(key[0] == "loop" for key in graphed.graphs.keys)
