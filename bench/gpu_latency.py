@@ -537,8 +537,8 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
 
 
 class Run:
-    """One benchmark run: its results so far, saved after every part (a run stopped by its time
-    limit keeps what it measured)."""
+    """One benchmark run: its results so far, saved after every part as the JSON and its Markdown
+    tables beside it (a run stopped by its time limit, or killed, keeps what it measured)."""
 
     def __init__(self, plan: Plan, device: torch.device, out: Path | None,
                  log: Callable[[str], None]) -> None:
@@ -577,6 +577,8 @@ class Run:
         if self.out is not None:
             self.out.parent.mkdir(parents=True, exist_ok=True)
             self.out.write_text(json.dumps(self.result, indent=2) + "\n", encoding="utf-8")
+            self.out.with_suffix(".md").write_text(format_table(self.result) + "\n",
+                                                   encoding="utf-8")
 
 
 def run_benchmark(
@@ -877,7 +879,7 @@ def _profile_line(report: dict[str, Any]) -> str:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """The compact Markdown tables printed last (and written by ``--gpu-check``)."""
+    """The compact Markdown tables: printed last, and saved beside ``--out`` after every part."""
     meta = result["meta"]
     lines = [
         f"# {meta.get('model')} {meta.get('resolution')}x{meta.get('resolution')} on "
@@ -953,7 +955,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     mode.add_argument("--tiny", action="store_true", help="tiny config on CPU (tests the script)")
     mode.add_argument("--quick", action="store_true", help="shorter GPU run")
     mode.add_argument("--gpu-check", action="store_true", help="the short issue-10 GPU run")
-    parser.add_argument("--out", type=Path, help="write every number as JSON here")
+    parser.add_argument("--out", type=Path, help="write every number as JSON here, and the "
+                        "tables beside it (.md), after every part")
     parser.add_argument(
         "--family", type=ModelFamily, choices=list(ARCHITECTURES), default=ModelFamily.SD1,
         help="the architecture: sd1 (SD 1.5, 512x512), sd2 (SD 2.1, v-prediction, 768x768) "
@@ -1002,10 +1005,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threads:
         torch.set_num_threads(threads)
     result = run_benchmark(plan, device, args.seed, log, args.out)
-    table = format_table(result)
-    if args.out and args.gpu_check:
-        args.out.with_suffix(".md").write_text(table + "\n", encoding="utf-8")
-    print(table)
+    print(format_table(result))
     return 0
 
 

@@ -5,11 +5,13 @@ splits the time, and its service mode runs a real gateway and worker."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.gpu_latency import ablation_configs, main, parse_args, plan_from_args
 
@@ -143,6 +145,9 @@ def test_service_mode_runs_a_gateway_and_worker_with_overlap_on_and_off(tmp_path
     assert all(lv["requests"] >= 4 and lv["images_per_s"] > 0 for lv in levels)
     assert all(lv["e2e_p50_ms"] > lv["overhead_p50_ms"] for lv in levels)
     assert len(result["service"]["worker_cold_start_s"]) == 2
+    tables = (tmp_path / "service.md").read_text()  # saved beside the JSON, not only printed
+    assert tables.startswith("# tiny-sd-architecture-random-weights")
+    assert "| default | 2 |" in tables and "| overlap off | 2 |" in tables
 
 
 def test_the_gpu_check_plan_covers_the_issue_and_needs_a_gpu() -> None:
@@ -151,11 +156,22 @@ def test_the_gpu_check_plan_covers_the_issue_and_needs_a_gpu() -> None:
     assert [s.name for s in plan.samplers] == ["olss-5"]
     assert plan.ablations and plan.compile and plan.profile and plan.service and plan.cold_start
     assert plan.time_budget_s and plan.time_budget_s < 480
-    import torch
-
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="CUDA"):
             main(["--gpu-check"])
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the refusal on a host without CUDA"
+)
+def test_the_gpu_check_script_refuses_a_python_without_cuda(tmp_path: Path) -> None:
+    done = subprocess.run(
+        ["bash", "bench/gpu_check.sh", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+        timeout=120, env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert done.returncode == 2, done.stderr
+    assert "no CUDA build of torch (set PYTHON)" in done.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_sdxl_mode_serves_two_encoders_and_micro_conditioning(tmp_path: Path) -> None:
@@ -187,7 +203,6 @@ def test_sdxl_mode_serves_two_encoders_and_micro_conditioning(tmp_path: Path) ->
 def test_the_sdxl_architecture_has_the_published_parameter_counts(tmp_path: Path) -> None:
     """SDXL base 1.0's configs as facts: built on the meta device (no memory), the pipeline is
     SDXL's with the published sizes (millions of parameters, one decimal)."""
-    import torch
     from diffusers import StableDiffusionXLPipeline
 
     from bench.bench_model import build_pipeline, parameter_counts
