@@ -87,6 +87,10 @@ def load_model(
     ``default_guidance`` are calibrated first (:mod:`workers.self_calibration`); when that is
     off or fails, OLSS requests without a schedule get :data:`FALLBACK_SAMPLER`."""
     device = pick_device(settings.device)
+    if device.type == "cuda" and device.index is not None:
+        # this (the serving) thread's current device: what takes no device argument (pinned
+        # host buffers, streams, events) then lands on cuda:N, not on cuda:0
+        torch.cuda.set_device(device)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     options = options or fast_path_options(settings, device)
