@@ -5,7 +5,8 @@ low-rank, under Stable Diffusion's VP schedule, classifier-free guidance, epsilo
 prediction), so every error below is the sampler's own. For each mixture and guidance scale:
 
 1. Reference: DPM-Solver++(3M) with 1000 trailing steps (every integer timestep, ending at
-   sigma = 0) from each held-out noise; DPM-Solver++(2M) with 1000 steps checks it.
+   sigma = 0) from each held-out noise; DPM-Solver++(2M) with 1000 steps checks it, and
+   ``bench/reference_accuracy.py`` measures its error against an adaptive ODE solution.
 2. Teacher: a ``name:T`` teacher of :mod:`schedules.teachers` (default the project's,
    ``schedules.teachers.DEFAULT_TEACHER``) run on *separate* calibration noises and recorded
    with ``TrajectoryRecorder``; OLSS is fitted on it: ``closed-loop`` is the default search of
