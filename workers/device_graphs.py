@@ -46,12 +46,20 @@ class GraphCall:
 
         A capture records only the kernels launched on its stream. ``torch.cuda.graph``'s own
         stream belongs to the thread's current device, which is ``cuda:0`` unless set, so the
-        stream here is one on the tensors' device: on ``cuda:1`` the default would capture an
-        empty graph whose replays leave the capture-time outputs.
+        stream here is one on the tensors' device (:func:`capture_stream`): on ``cuda:1`` the
+        default would capture an empty graph whose replays leave the capture-time outputs. The
+        thread's current stream is restored even when a capture fails (``torch.cuda.graph``
+        leaves its stream current when ending the capture raises).
         """
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.device(stream.device), torch.cuda.graph(graph, pool=pool, stream=stream):
-            self.output = self._fn()
+        previous = torch.cuda.current_stream(stream.device)
+        try:
+            with torch.cuda.device(stream.device), torch.cuda.graph(
+                graph, pool=pool, stream=stream
+            ):
+                self.output = self._fn()
+        finally:
+            torch.cuda.set_stream(previous)
         self._graph = graph
 
     def run(self) -> torch.Tensor:
@@ -64,13 +72,30 @@ class GraphCall:
         return self.output
 
 
+_CAPTURE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def capture_stream(device: torch.device) -> torch.cuda.Stream:
+    """The one stream every graph on ``device`` is captured on.
+
+    Graphs share a memory pool only when they are captured on the same stream: the caching
+    allocator hands a freed pool block back to the stream that freed it (``torch.cuda.graph``:
+    a pool used by a capture on an explicit stream wants that same stream).
+    """
+    device = torch.device("cuda", torch.cuda.current_device() if device.index is None
+                          else device.index)
+    if device not in _CAPTURE_STREAMS:
+        _CAPTURE_STREAMS[device] = torch.cuda.Stream(device)
+    return _CAPTURE_STREAMS[device]
+
+
 def warm_up_then_capture(
     device: torch.device, calls: Sequence[GraphCall], pool: Any, before: Callable[[], None]
 ) -> None:
     """Run ``calls`` once in order on a side stream (lazy initialisation, cuDNN autotuning and
     ``torch.compile`` happen outside the graph), then capture them in the same order;
     ``before()`` runs before each pass (it resets a scheduler's run state)."""
-    side = torch.cuda.Stream(device)
+    side = capture_stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
         before()
