@@ -73,10 +73,18 @@ class LatentProjection:
         bias = tuple(float(v) for v in solution[-1])
         return cls(weight, (bias[0], bias[1], bias[2]))
 
-    def apply(self, latents: torch.Tensor) -> torch.Tensor:
-        """(B, h, w, 3) uint8 pictures of (B, C, h, w) latents, on their device."""
-        weight = torch.tensor(self.weight, device=latents.device, dtype=torch.float32)
-        bias = torch.tensor(self.bias, device=latents.device, dtype=torch.float32)
+    def tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``weight`` (3, C) and ``bias`` (3,) as float32 tensors on ``device``. Uploading them
+        from pageable host memory synchronises the device's stream, so a caller that projects
+        often keeps them (``StepPreviews``)."""
+        return (torch.tensor(self.weight, device=device, dtype=torch.float32),
+                torch.tensor(self.bias, device=device, dtype=torch.float32))
+
+    def apply(self, latents: torch.Tensor,
+              tensors: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """(B, h, w, 3) uint8 pictures of (B, C, h, w) latents, on their device; ``tensors``:
+        this projection's :meth:`tensors` on that device, if the caller keeps them."""
+        weight, bias = tensors or self.tensors(latents.device)
         rgb = torch.einsum("bchw,kc->bhwk", latents.float(), weight) + bias
         return (rgb.clamp(0, 1) * 255).round().to(torch.uint8)
 
@@ -165,6 +173,7 @@ class StepPreviews:
         self._publish = publish
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="previews")
         self._pending: list[Future[None]] = []
+        self._tensors: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def send(self, jobs: Sequence, rows: Mapping[str, int], latents: torch.Tensor, step: int,
              total: int) -> None:
@@ -173,8 +182,12 @@ class StepPreviews:
         previewed = [job.id for job in jobs if job.id in rows]
         host = pixels = done = None
         if previewed:
-            index = torch.tensor([rows[job_id] for job_id in previewed], device=latents.device)
-            pixels = self.projection.apply(latents.index_select(0, index))
+            # rows as views and the projection's tensors kept on the device: neither uploads
+            # from the host, which would wait for the step in flight on CUDA
+            picked = torch.stack([latents[rows[job_id]] for job_id in previewed])
+            if latents.device not in self._tensors:
+                self._tensors[latents.device] = self.projection.tensors(latents.device)
+            pixels = self.projection.apply(picked, self._tensors[latents.device])
             host = pixels
             if pixels.device.type == "cuda":
                 host = torch.empty(pixels.shape, dtype=pixels.dtype, pin_memory=True)

@@ -7,12 +7,14 @@ from __future__ import annotations
 import base64
 import io
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import redis
 import torch
 from PIL import Image
 
+from devtools.host_sync import detect_host_syncs
 from olss_core.keys import cancel_key, events_key
 from olss_core.metrics import WorkerMetrics
 from olss_core.protocol import JobEvent
@@ -153,3 +155,19 @@ def test_without_latents_or_a_previewer_the_hook_is_as_before(
     assert BatchProgress(jobs, lifecycle, leases, metrics, FaultInjection())(1, 5)
     steps = [event for event in events(db, job_id) if event.type == "step"]
     assert [(event.step, event.preview) for event in steps] == [(1, None)]
+
+
+def test_after_the_first_preview_the_serving_thread_uploads_nothing() -> None:
+    """On the meta device (a GPU's stand-in, ``devtools.host_sync``): the rows are views and the
+    projection's tensors stay on the device, so a preview does not wait for the step in flight.
+    (The background thread's encoding of meta pixels fails; it is logged, never raised.)"""
+    jobs = [SimpleNamespace(id=f"job-{n}", spec=job_spec()) for n in range(2)]
+    previews = StepPreviews(LatentProjection(((0.1,) * 4,) * 3, (0.5, 0.5, 0.5)),
+                            lambda *_: None)
+    latents = torch.zeros(3, 4, 8, 8, device="meta")
+    rows = {"job-0": 0, "job-1": 2}
+    previews.send(jobs, rows, latents, 1, 4)  # uploads the projection's tensors once
+    with detect_host_syncs("meta") as found:
+        previews.send(jobs, rows, latents, 2, 4)
+    previews.close()
+    assert found == []
