@@ -16,8 +16,11 @@
 # budget ends 30 s before the limit. GPU_CHECK_SDXL: auto (the default, as above), off, or only
 # (the SDXL part alone, with the whole limit). The exit status is the first failed part's.
 set -uo pipefail
-out_dir="${1:-bench/results}"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+out_dir="${1:-$root/bench/results}"
 mkdir -p "$out_dir"
+out_dir="$(cd "$out_dir" && pwd)"
+cd "$root"  # python -m bench.gpu_latency: bench/ and devtools/ are not in the installed package
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 python="${PYTHON:-python3}"
 limit="${GPU_CHECK_TIMEOUT_S:-540}"
