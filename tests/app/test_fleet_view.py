@@ -90,4 +90,5 @@ def test_fresh_reads_at_once_and_a_failed_read_reaches_the_request_that_waits_fo
             await view.get(fresh=True)
         return view.reads_sent
 
-    assert with_view(body, url=f"redis://127.0.0.1:{free_port()}/0") == 2
+    unreachable = f"redis://127.0.0.1:{free_port()}/0"  # a free port: no Redis listens there
+    assert with_view(body, url=unreachable) == 2
