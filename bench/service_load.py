@@ -10,7 +10,10 @@ from the same run. The engine's own throughput is measured in this process with 
 loading and settings (``workers.startup.load_model``), batches of ``--max-batch-size`` jobs back
 to back, between the client levels, while the service is idle. ``--ablate`` restarts the worker
 with each of its serving switches off (``OLSS_ADAPTIVE_BATCH_WAIT``, ``OLSS_OVERLAP_RESULTS``) and
-with ``OLSS_MAX_BATCH_SIZE=1`` and repeats the levels named by ``--ablate-clients``.
+with ``OLSS_MAX_BATCH_SIZE=1`` and repeats the levels named by ``--ablate-clients``. After each
+level with an overhead target, the floor (``bench/service_floor.py``: the same shape with none of
+olss's code, the level's median inference time as its worker's sleep) runs at the same client
+count, so each overhead has a baseline measured beside it (``--no-floor`` skips it).
 
     .venv/bin/python -m bench.service_load                 # 1, 8, 32 clients
     .venv/bin/python -m bench.service_load --clients 1 8 --requests 64 --ablate
@@ -30,7 +33,7 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +94,10 @@ class LevelResult:
 
     def overhead_p(self, q: float) -> float:
         return percentile([s.e2e_ms - s.inference_ms for s in self.samples], q)
+
+    @property
+    def inference_p50(self) -> float:
+        return percentile([s.inference_ms for s in self.samples], 0.5)
 
     def e2e_p(self, q: float) -> float:
         return percentile([s.e2e_ms for s in self.samples], q)
@@ -288,16 +295,22 @@ def engine_throughput(
     return EngineRate(batch, batches, time.perf_counter() - start)
 
 
-def targets(results: list[LevelResult], engine: EngineRate | None) -> list[str]:
-    """The issue's targets, judged on the default worker's levels of this run."""
+def targets(results: list[LevelResult], engine: EngineRate | None,
+            floors: Mapping[int, LevelResult] | None = None) -> list[str]:
+    """The issue's targets, judged on the default worker's levels of this run; each overhead
+    also against the floor's (``bench/service_floor.py``) measured beside it."""
     lines = []
     default = {r.clients: r for r in results if r.config == "default"}
+    floors = floors or {}
     for clients, limit in TARGET_OVERHEAD_MS.items():
         if clients in default:
             p50 = default[clients].overhead_p(0.5)
             verdict = "met" if p50 <= limit else "not met"
+            floor = floors.get(clients)
+            beside = (f"; the floor's {floor.overhead_p(0.5):.1f} ms in the same run, "
+                      f"{p50 / floor.overhead_p(0.5):.2f}x" if floor else "")
             lines.append(f"overhead p50 at {clients} client(s): {p50:.1f} ms "
-                         f"(target <= {limit:g} ms): {verdict}")
+                         f"(target <= {limit:g} ms): {verdict}{beside}")
     top = max(default) if default else None
     if top is not None and engine is not None:
         share = default[top].throughput / engine.images_per_s
@@ -334,8 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ablate-clients", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--client", choices=CLIENTS, default=CLIENTS[0],
                         help="HTTP client library of the load")
+    parser.add_argument("--no-floor", dest="floor", action="store_false",
+                        help="skip the floor (bench/service_floor.py) after each target level")
     args = parser.parse_args(argv)
 
+    from bench.service_floor import floor_level  # it runs this module's load
     from devtools.tiny_pipeline import save_tiny_pipeline
     from tests.support.schedules import calibrate_test_schedules
 
@@ -347,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[LevelResult] = []
     engine: EngineRate | None = None
     cold_starts: list[float] = []
+    floors: dict[int, LevelResult] = {}
     started_load = load_average()
     with service(model, schedules, cache, args.torch_threads,
                  max_batch_wait_ms=args.max_batch_wait_ms) as svc:
@@ -363,6 +380,10 @@ def main(argv: list[str] | None = None) -> int:
                 for clients in levels:
                     results.append(svc.level(config, clients, args.requests, max_batch))
                     print(results[-1].row(), flush=True)
+                    if config == "default" and args.floor and clients in TARGET_OVERHEAD_MS:
+                        floors[clients] = floor_level(clients, args.requests,
+                                                      results[-1].inference_p50)
+                        print(floors[clients].row(), flush=True)
                 if config == "default":
                     import torch
 
@@ -379,12 +400,14 @@ def main(argv: list[str] | None = None) -> int:
     print(HEADER)
     for result in results:
         print(result.row())
+        if result.config == "default" and result.clients in floors:
+            print(floors[result.clients].row())
     if engine is not None:
         print(f"\nengine alone (in this process, the worker's load_model and settings, "
               f"{engine.batches} batches of {engine.batch}): {engine.images_per_s:.2f} img/s")
     print("worker start to ready (spawn to first heartbeat): "
           + ", ".join(f"{seconds:.1f} s" for seconds in cold_starts))
-    for line in targets(results, engine):
+    for line in targets(results, engine, floors):
         print(line)
     top = max(args.clients)
     batched = next((r for r in results if r.clients == top and r.config == "default"), None)
