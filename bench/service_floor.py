@@ -39,6 +39,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
+import redis
+import redis.asyncio as aioredis
 
 from bench.service_load import HEADER, TARGET_OVERHEAD_MS, LevelResult, run_level
 from tests.support.ports import free_port
@@ -92,7 +94,7 @@ class FloorApp:
         await self.redis.xadd(STREAM, {"id": job_id, "created": repr(time.time()),
                                        "prompt": job.get("prompt", "")})
         try:
-            await waiter
+            await asyncio.wait_for(waiter, REPLY_TTL_S)
         finally:
             self.waiters.pop(job_id, None)
         await self._reply(send, 200, await self.redis.get(reply_key(job_id)))
@@ -105,27 +107,25 @@ class FloorApp:
         await send({"type": "http.response.body", "body": body})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
-        import redis.asyncio as aioredis
-
         await receive()
         self.redis = aioredis.Redis.from_url(self.url)
-        listener = asyncio.ensure_future(self._listen())
-        await send({"type": "lifespan.startup.complete"})
-        await receive()
-        listener.cancel()
+        async with self.redis.pubsub() as pubsub:
+            await pubsub.subscribe(CHANNEL)  # before the first request: no notice is missed
+            listener = asyncio.ensure_future(self._listen(pubsub))
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+            listener.cancel()
         await self.redis.aclose()
         await send({"type": "lifespan.shutdown.complete"})
 
-    async def _listen(self) -> None:
-        async with self.redis.pubsub() as pubsub:
-            await pubsub.subscribe(CHANNEL)
-            async for message in pubsub.listen():
-                if message["type"] != "message":
-                    continue
-                for job_id in message["data"].decode().split():
-                    waiter = self.waiters.get(job_id)
-                    if waiter is not None and not waiter.done():
-                        waiter.set_result(None)
+    async def _listen(self, pubsub: Any) -> None:
+        async for message in pubsub.listen():
+            if message["type"] != "message":
+                continue
+            for job_id in message["data"].decode().split():
+                waiter = self.waiters.get(job_id)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
 
 
 def serve_gateway(url: str, port: int) -> None:
@@ -142,8 +142,6 @@ def _read(client: Any, consumer: str, count: int, block_ms: int | None) -> list[
 
 def serve_worker(url: str, inference_s: float, max_batch: int) -> None:
     """Batches of what arrives, an ``inference_s`` sleep each, one notice per batch."""
-    import redis
-
     client = redis.Redis.from_url(url)
     consumer = uuid.uuid4().hex
     try:
