@@ -19,10 +19,10 @@ from xml.etree import ElementTree
 from xml.sax.saxutils import escape, quoteattr
 
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 from pydantic import ValidationError
 
 from olss_core.image_parameters import ImageParameters
+from workers.png_encoding import encode_png
 
 PNG_INFOTEXT_KEY = "parameters"
 PNG_PARAMETERS_KEY = "olss-parameters"
@@ -63,13 +63,12 @@ def encode_image(
     ``png_compress_level`` is zlib's level (0-9) for a PNG: it trades encoding time for file
     size only, the pixels are the same at every level (``OLSS_PNG_COMPRESS_LEVEL``).
     """
-    buffer = io.BytesIO()
     if fmt == "png":
-        info = PngInfo()
-        info.add_text(PNG_INFOTEXT_KEY, parameters.infotext())
-        info.add_text(PNG_PARAMETERS_KEY, parameters.model_dump_json())
-        image.save(buffer, format="PNG", pnginfo=info, compress_level=png_compress_level)
-    elif fmt in ("jpeg", "webp"):
+        texts = {PNG_INFOTEXT_KEY: parameters.infotext(),
+                 PNG_PARAMETERS_KEY: parameters.model_dump_json()}
+        return encode_png(image, texts, png_compress_level)
+    buffer = io.BytesIO()
+    if fmt in ("jpeg", "webp"):
         image.convert("RGB").save(
             buffer, format=fmt.upper(), quality=LOSSY_QUALITY, exif=_exif(parameters),
             xmp=_xmp(parameters),
