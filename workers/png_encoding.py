@@ -50,13 +50,18 @@ ZLIB_HEADER = b"\x78\x01"  # deflate, 32 KiB window, no preset dictionary; FCHEC
 FINAL_EMPTY_BLOCK = b"\x03\x00"
 SLICE_MIN_BYTES = 128 * 1024
 """Smallest slice worth a thread of its own: below it, the handover costs more than it saves."""
-DEFLATE_THREADS = min(8, os.cpu_count() or 1)
-"""Threads that deflate one image's slices (the pool is made on first use)."""
+DEFLATE_THREADS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else os.cpu_count() or 1)
+"""Threads that deflate one image's slices: the CPUs this process may run on, at most 8 (the
+pool is made on first use)."""
 
 
 @cache
 def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=DEFLATE_THREADS, thread_name_prefix="png-deflate")
+
+
+os.register_at_fork(after_in_child=_pool.cache_clear)  # a fork has none of the parent's threads
 
 
 def paeth_rows(pixels: np.ndarray, first: int, stop: int) -> np.ndarray:

@@ -4,7 +4,10 @@ images, its text read back by Pillow, and files as small as Pillow's at levels 0
 from __future__ import annotations
 
 import io
+import os
+import signal
 import struct
+import time
 import zlib
 
 import numpy as np
@@ -103,3 +106,20 @@ def test_a_large_image_uses_every_deflate_thread_it_can() -> None:
     expected = np.zeros((rows_for_all, 1 + 512 * 3), dtype=np.uint8)
     expected[1:, 0] = 4  # Paeth after row 0; zeros filter to zeros
     assert zlib.decompress(stream) == expected.tobytes()
+
+
+def test_a_forked_process_deflates_on_threads_of_its_own() -> None:
+    pixels = np.zeros((DEFLATE_THREADS * SLICE_MIN_BYTES // (1 + 512 * 3) + 1, 512, 3),
+                      dtype=np.uint8)
+    image_data(pixels, 1)  # this process's pool exists now
+    child = os.fork()
+    if child == 0:  # the parent's pool threads did not come along: a new pool must serve
+        os._exit(0 if zlib.decompress(image_data(pixels, 1)) else 1)
+    deadline = time.monotonic() + 30
+    while (done := os.waitpid(child, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        pytest.fail("the forked process hung on the parent's deflate pool")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
