@@ -676,7 +676,8 @@ def _profile(run: Run, loaded: Loaded, bench: BenchModel, work: Path, seed: int)
 def _service(run: Run, bench: BenchModel, work: Path) -> None:
     """Gateway and worker processes on the device: each client count with the default worker,
     then the top two with ``OLSS_OVERLAP_RESULTS`` off."""
-    from bench.service_load import LevelResult, service
+    from bench.load_client import LevelResult
+    from bench.service_load import service
 
     plan = run.plan
     levels: list[LevelResult] = []

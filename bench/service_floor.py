@@ -14,7 +14,7 @@ difference between the two is what olss's code (FastAPI included) costs:
   started (one round trip, like ``START``), sleeps ``--inference-ms`` as its inference, then
   stores every reply, acknowledges the entries and publishes one notice naming the batch (one
   pipeline, like ``SUCCEED``);
-- the load of ``bench/service_load.py``: closed-loop aiohttp clients (``run_level``).
+- the load of ``bench/service_load.py``: closed-loop aiohttp clients (``bench.load_client``).
 
 Its batch window is an oracle: a batch starts once it holds as many jobs as there are clients
 (the client count, at most 8), or 20 ms after the last arrival, polling every 0.5 ms. So this
@@ -42,7 +42,7 @@ import httpx
 import redis
 import redis.asyncio as aioredis
 
-from bench.service_load import HEADER, TARGET_OVERHEAD_MS, LevelResult, run_level
+from bench.load_client import HEADER, TARGET_OVERHEAD_MS, LevelResult, run_level
 from tests.support.ports import free_port
 from tests.support.redis_db import clean_db, redis_url
 
