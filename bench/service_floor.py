@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import time
 import uuid
@@ -38,12 +37,12 @@ from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import Any
 
-import httpx
 import redis
 import redis.asyncio as aioredis
 
 from bench.load_client import HEADER, TARGET_OVERHEAD_MS, LevelResult, run_level
 from tests.support.ports import free_port
+from tests.support.processes import Gateway, ServiceProcess, spawn_module
 from tests.support.redis_db import clean_db, redis_url
 
 BENCH_DB = 4
@@ -56,6 +55,7 @@ WINDOW_GAP_S = 0.02
 POLL_S = 0.0005
 """The worker's wait between reads while a batch fills."""
 MAX_BATCH = 8
+MODULE = "bench.service_floor"
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -186,26 +186,17 @@ def serve_worker(url: str, inference_s: float, max_batch: int) -> None:
 def floor_service(url: str, inference_ms: float, max_batch: int) -> Iterator[str]:
     """The floor's gateway and worker processes on ``url``; yields the gateway's URL."""
     port = free_port()
-    me = [sys.executable, "-m", "bench.service_floor"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    gateway = subprocess.Popen([*me, "gateway", url, str(port)], env=env)
-    worker = subprocess.Popen([*me, "worker", url, str(inference_ms), str(max_batch)], env=env)
-    base = f"http://127.0.0.1:{port}"
+    gateway_args = ["gateway", url, str(port)]
+    worker_args = ["worker", url, str(inference_ms), str(max_batch)]
+    worker = ServiceProcess(worker_args, *spawn_module(MODULE, worker_args, env, "floor-worker"))
+    gateway = Gateway(gateway_args, *spawn_module(MODULE, gateway_args, env, "floor-gateway"),
+                      url=f"http://127.0.0.1:{port}")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{base}/healthz", timeout=1).raise_for_status()
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline or gateway.poll() is not None:
-                    raise
-                time.sleep(0.1)
-        yield base
+        yield gateway.wait_ready().url
     finally:
-        for process in (gateway, worker):
-            process.terminate()
-            process.wait(timeout=10)
+        gateway.stop()
+        worker.stop()
 
 
 def floor_level(clients: int, requests: int, inference_ms: float) -> LevelResult:

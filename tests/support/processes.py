@@ -105,14 +105,21 @@ class ServiceProcess:
         self.stop()
 
 
-def _spawn(args: list[str], env: dict[str, str], name: str) -> tuple[subprocess.Popen, Path]:
+def spawn_module(
+    module: str, args: list[str], env: dict[str, str], name: str
+) -> tuple[subprocess.Popen, Path]:
+    """``python -m module args`` from the repository root, its output in a new log file."""
     log_path = Path(tempfile.mkstemp(prefix=f"olss-{name}-", suffix=".log")[1])
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "olss_cli", *args], env=env, cwd=REPO_ROOT,
+            [sys.executable, "-m", module, *args], env=env, cwd=REPO_ROOT,
             stdout=log_file, stderr=subprocess.STDOUT,
         )
     return process, log_path
+
+
+def _spawn(args: list[str], env: dict[str, str], name: str) -> tuple[subprocess.Popen, Path]:
+    return spawn_module("olss_cli", args, env, name)
 
 
 def _fail(service: ServiceProcess, why: str) -> None:
