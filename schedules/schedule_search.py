@@ -15,8 +15,15 @@ For step counts ``k_1 < k_2 < ...`` (Duan et al., arXiv:2305.14677, fitted close
    that share cannot pay for one iteration); the validation examples run through it.
    It is accepted only if no group's validation error is higher than that of the schedule for
    ``k_{j-1}``; otherwise the ``k_{j-1}`` schedule is kept with idle steps inserted
-   (:func:`schedules.fit.with_idle_steps`), which samples exactly as it does. So the error never
-   rises with the step count.
+   (:func:`schedules.fit.with_idle_steps`), which samples exactly as it does.
+4. A pruning pass, longest first, for each ``k_j`` with ``k_{j+1} = k_j + 1``: every path of
+   the ``k_{j+1}`` schedule with one interior step removed is fitted (seeding from above finds
+   paths that growing from below missed, when the longer schedule's search moved its steps),
+   like the final fits on top of the budget (:func:`_pruned_seeds`). The best one
+   replaces the ``k_j`` schedule when it scores better on the search examples than the ``k_j``
+   path's greedy fit and its final fit validates better than the ``k_j`` schedule; then each
+   schedule that now validates worse than the one before it is replaced by that one with idle
+   steps. So the error never rises with the step count on the validation examples.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import torch
@@ -71,6 +79,8 @@ class SteppedFit:
         seconds: wall time spent on this k.
         idle_from: the shorter step count whose schedule this one repeats with idle steps, when
             no searched path beat it on the validation examples.
+        pruned_from: the longer step count whose path, with steps removed, seeded the search
+            that found this schedule (the pruning pass).
     """
 
     num_steps: int
@@ -82,6 +92,7 @@ class SteppedFit:
     evaluations: int
     seconds: float
     idle_from: int | None = None
+    pruned_from: int | None = None
 
 
 def validation_masks(
@@ -158,6 +169,7 @@ def search_step_counts(
     tolerance: float = DEFAULT_TOLERANCE,
     refine_iterations: int = DEFAULT_ITERATIONS,
     refine_share: float = DEFAULT_REFINE_SHARE,
+    prune: bool = True,
     rcond: float = DEFAULT_RCOND,
     max_coef: float = DEFAULT_MAX_COEF,
     progress: Callable[[str], None] | None = None,
@@ -168,9 +180,9 @@ def search_step_counts(
         groups: example groups (e.g. one per guidance scale), same teacher timesteps.
         step_counts: the k to fit (any order; the results come back ascending).
         budget: model evaluations and time for the path searches and refinements, shared out
-            over the step counts in proportion to k; the final fits of the chosen paths always
-            run, on top of its evaluations (within its time). Its ``evaluations`` count
-            everything spent. Default: no limit (each coordinate descent
+            over the step counts in proportion to k; the final fits of the chosen paths and the
+            pruning pass's removals always run, on top of its evaluations (within its time).
+            Its ``evaluations`` count everything spent. Default: no limit (each coordinate descent
             stops by its own rule).
         search_examples: most examples per group the path search runs on (``None``: every
             fitted one).
@@ -181,6 +193,10 @@ def search_step_counts(
         refine_iterations: Levenberg-Marquardt iterations of the joint refinement of the
             chosen path's coefficients (:mod:`schedules.joint_refine`); 0 skips it.
         refine_share: share of each step count's budget kept for the refinement.
+        prune: run the pruning pass (step 4 of the module docstring); its removals
+            (``k(k-1)/2`` model calls per search example for k+1 -> k) and final fits run on
+            top of the budget's evaluations, and
+            what the searches left of it goes to a coordinate descent from the best removal.
         rcond: eigenvalue cutoff of the Gram solves that build the paper's candidate paths.
         max_coef: coefficients above this make a path invalid.
         progress: receives one line per scored path.
@@ -193,48 +209,155 @@ def search_step_counts(
         check_step_count(T, k)
     budget = budget or EvaluationBudget()
     fit_masks = [~mask for mask in validation_masks(groups, validation_fraction)]
-    final = ClosedLoopFitter(groups, fit_masks, max_coef=max_coef)
     searcher = _search_fitter(groups, fit_masks, search_examples, max_coef)
     gram = gram_matrix(concat_trajectories([g.traj for g in searcher.groups]))
     paper_fitter = GramFitter(gram, rcond=rcond, max_coef=max_coef)
+    steps_search = _StepSearch(
+        final=ClosedLoopFitter(groups, fit_masks, max_coef=max_coef),
+        searcher=searcher,
+        sweeps=sweeps,
+        tolerance=tolerance,
+        refine_iterations=refine_iterations,
+        refine_share=refine_share,
+        progress=progress,
+    )
+    pruned = [j for j in range(len(steps) - 1) if prune and steps[j + 1] == steps[j] + 1]
     results: list[SteppedFit] = []
     searched = 0  # evaluations of the path searches and refinements so far (not final fits)
     for j, k in enumerate(steps):
         started = time.perf_counter()
+        shorter = results[-1] if results else None
         allowance = _share(budget, searched, steps[j:], k)
-        refine = bool(refine_iterations) and 1 < k <= REFINE_MAX_STEPS
-        if refine and allowance.max_evaluations is not None:
-            iteration = refinement_iteration_calls(k) * searcher.num_examples
-            refine = allowance.max_evaluations * refine_share >= iteration
-        searcher.budget = _scaled(allowance, 1.0 - refine_share if refine else 1.0)
-        final.budget = EvaluationBudget()
-        search = PathSearch(searcher, sweeps=sweeps, tolerance=tolerance, progress=progress)
-        seeds = _grown_seeds(search, results[-1].fits[0].path, k) if results else []
-        search.run(k, closed_loop_candidates(paper_fitter, k), seeds)
-        spent = searcher.budget.evaluations
-        fit = _first_valid(final, search.ranked(k))
-        if fit is not None and refine:
-            refine_budget = _remainder(allowance, spent, time.perf_counter() - started)
-            fit = _refined(searcher, final, fit, refine_iterations, refine_budget)
-            spent += refine_budget.evaluations
-        if fit is None:
-            if not results:
-                raise ValueError(
-                    f"no {k}-step path the search found has finite coefficients below "
-                    f"max_coef={max_coef:g} on every calibration example"
-                )
-            result = _idle_copy(results[-1], k, T, search.log)
-        else:
-            result = _stepped(k, fit, final, search.log)
-            if results and _worse(result, results[-1]):
-                result = _idle_copy(results[-1], k, T, search.log)
-        searched += spent
-        evaluations = spent + final.budget.evaluations
-        budget.evaluations += evaluations
-        results.append(
-            replace(result, evaluations=evaluations, seconds=time.perf_counter() - started)
+        seeds = partial(_grown_seeds, path=shorter.fits[0].path, k=k) if shorter else _no_seeds
+        result, spent = steps_search.step(
+            k, allowance, shorter, seeds, closed_loop_candidates(paper_fitter, k)
         )
-    return results
+        if result is None:
+            raise ValueError(
+                f"no {k}-step path the search found has finite coefficients below "
+                f"max_coef={max_coef:g} on every calibration example"
+            )
+        searched += spent.searched
+        budget.evaluations += spent.total
+        results.append(
+            replace(result, evaluations=spent.total, seconds=time.perf_counter() - started)
+        )
+    for j in reversed(pruned):
+        allowance = _share(budget, searched, [steps[j]], steps[j])
+        results[j], spent = steps_search.prune(results, j, allowance)
+        searched += spent.searched
+        budget.evaluations += spent.total
+    return _monotone(results, T)
+
+
+@dataclass
+class _Spent:
+    """Model evaluations one step count's search used: ``searched`` by the path search and the
+    refinement (drawn from the budget), ``total`` with the final fits on top."""
+
+    searched: int = 0
+    total: int = 0
+
+
+@dataclass
+class _StepSearch:
+    """The search of one step count: path search, final fit, joint refinement, monotone guard.
+
+    Args:
+        final: fits the chosen path on every fitted example and runs the validation ones.
+        searcher: the path search's fitter (the search examples); holds the budget.
+        sweeps, tolerance: coordinate-descent limits (:class:`PathSearch`).
+        refine_iterations, refine_share: the joint refinement's iterations and budget share.
+        progress: receives one line per scored path.
+    """
+
+    final: ClosedLoopFitter
+    searcher: ClosedLoopFitter
+    sweeps: int
+    tolerance: float
+    refine_iterations: int
+    refine_share: float
+    progress: Callable[[str], None] | None
+
+    def step(
+        self,
+        k: int,
+        allowance: EvaluationBudget,
+        shorter: SteppedFit | None,
+        seeds: Callable[[PathSearch], list[list[int]]],
+        candidates: Sequence[tuple[str, list[int]]],
+        incumbent: list[int] | None = None,
+    ) -> tuple[SteppedFit | None, _Spent]:
+        """The k-step result within ``allowance``: the path search from ``seeds(search)`` and
+        ``candidates``, the final fit of its best valid path, its joint refinement, and
+        ``shorter`` with idle steps when nothing validates better than it. ``None`` when no path
+        is valid and there is no ``shorter``, or when the search found no path scoring below
+        ``incumbent``'s."""
+        started = time.perf_counter()
+        T = self.searcher.num_teacher_steps
+        refine = bool(self.refine_iterations) and 1 < k <= REFINE_MAX_STEPS
+        if refine and allowance.max_evaluations is not None:
+            iteration = refinement_iteration_calls(k) * self.searcher.num_examples
+            refine = allowance.max_evaluations * self.refine_share >= iteration
+        self.searcher.budget = _scaled(allowance, 1.0 - self.refine_share if refine else 1.0)
+        self.final.budget = EvaluationBudget()
+        search = PathSearch(
+            self.searcher, sweeps=self.sweeps, tolerance=self.tolerance, progress=self.progress
+        )
+        named = seeds(search)
+        if not named and not candidates:
+            return None, _Spent(self.searcher.budget.evaluations, self.searcher.budget.evaluations)
+        search.run(k, candidates, named)
+        if incumbent is not None:
+            ranked = search.ranked(k)
+            score = search.evaluate("incumbent", incumbent, within_budget=False)
+            if not ranked or not search.scores[tuple(ranked[0])] < score:
+                evaluations = self.searcher.budget.evaluations
+                return None, _Spent(evaluations, evaluations)
+        spent = _Spent(self.searcher.budget.evaluations)
+        fit = _first_valid(self.final, search.ranked(k))
+        if fit is not None and refine:
+            refine_budget = _remainder(allowance, spent.searched, time.perf_counter() - started)
+            refined = _refined(
+                self.searcher, self.final, fit, self.refine_iterations, refine_budget
+            )
+            spent.searched += refine_budget.evaluations
+            fit = refined
+        spent.total = spent.searched + self.final.budget.evaluations
+        if fit is None:
+            if shorter is None:
+                return None, spent
+            return _idle_copy(shorter, k, T, search.log), spent
+        result = _stepped(k, fit, self.final, search.log)
+        if shorter is not None and _worse(result, shorter):
+            result = _idle_copy(shorter, k, T, search.log)
+        return result, spent
+
+    def prune(
+        self, results: list[SteppedFit], j: int, allowance: EvaluationBudget
+    ) -> tuple[SteppedFit, _Spent]:
+        """``results[j]``, or a better one searched from the next longer schedule's path with a
+        step removed (:func:`_pruned_seeds`): kept when its path scores below ``results[j]``'s
+        on the search examples and it validates better."""
+        current, longer = results[j], results[j + 1]
+        if longer.idle_from is not None:
+            return current, _Spent()
+        started = time.perf_counter()
+        k = current.num_steps
+        result, spent = self.step(
+            k,
+            allowance,
+            results[j - 1] if j else None,
+            partial(_pruned_seeds, path=longer.fits[0].path),
+            [],
+            incumbent=current.fits[0].path,
+        )
+        seconds = current.seconds + time.perf_counter() - started
+        chosen = current
+        if result is not None and result.idle_from is None and _worse(current, result):
+            chosen = replace(result, pruned_from=longer.num_steps)
+        evaluations = current.evaluations + spent.total
+        return replace(chosen, evaluations=evaluations, seconds=seconds), spent
 
 
 def refinement_iteration_calls(k: int) -> int:
@@ -265,10 +388,10 @@ def _search_fitter(
 def _share(
     budget: EvaluationBudget, searched: int, remaining_steps: Sequence[int], k: int
 ) -> EvaluationBudget:
-    """This k's part, in proportion to k, of what the searches of the shorter step counts
-    (``searched`` evaluations) left of ``budget``'s evaluations, and of its time. The final fits
-    do not draw on the evaluations: on many calibration examples they would starve the longer
-    step counts' searches."""
+    """This k's part, in proportion to k, of what the searches so far (``searched``
+    evaluations) left of ``budget``'s evaluations, and of its time. The final fits do not draw
+    on the evaluations: on many calibration examples they would starve the longer step counts'
+    searches."""
     part = k / sum(remaining_steps)
     evaluations = None
     if budget.max_evaluations is not None:
@@ -337,6 +460,35 @@ def _refined(
         fits.append(fit)
         errors.append(chosen.example_errors[g])
     return ClosedLoopFit(greedy.path, fits, errors)
+
+
+def _no_seeds(search: PathSearch) -> list[list[int]]:
+    """No seed paths (the first step count)."""
+    return []
+
+
+def _pruned_seeds(search: PathSearch, path: list[int]) -> list[list[int]]:
+    """``path`` with each interior step removed, best scored first, fitted even past the
+    budget. Removing step i of a k+1-step path re-runs the ``k - i`` steps after it (the model
+    outputs before it are cached), so all removals cost ``k(k-1)/2`` model calls per search
+    example."""
+    options = [path[:i] + path[i + 1 :] for i in range(1, len(path))]
+    return sorted(options, key=lambda p: search.evaluate("prune", p, within_budget=False))
+
+
+def _monotone(results: list[SteppedFit], T: int) -> list[SteppedFit]:
+    """``results`` with every schedule that validates worse than the one before it replaced by
+    that one with idle steps (after the pruning pass improved a shorter one)."""
+    out = results[:1]
+    for result in results[1:]:
+        if _worse(result, out[-1]):
+            result = replace(
+                _idle_copy(out[-1], result.num_steps, T, result.candidates),
+                evaluations=result.evaluations,
+                seconds=result.seconds,
+            )
+        out.append(result)
+    return out
 
 
 def _grown_seeds(search: PathSearch, path: list[int], k: int) -> list[list[int]]:

@@ -24,6 +24,7 @@ from schedules.joint_refine import refine_jointly
 from schedules.olss_search import schedule_from_fit, search_steps
 from schedules.sampling import run_sampler
 from schedules.schedule_file import Method
+from schedules.schedule_search import search_step_counts
 from schedules.teachers import parse_teacher
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -34,15 +35,15 @@ STEPS = (3, 4, 5, 6)
 
 
 class Testbed:
-    def __init__(self) -> None:
+    def __init__(self, guidance: float = GUIDANCE, steps: tuple[int, ...] = STEPS) -> None:
         self.model = GaussianMixtureDiffusion(CONFIG)
         labels = torch.arange(288) % CONFIG.num_classes
         noise = torch.randn(
             288, CONFIG.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(5)
         )
         self.teacher = parse_teacher("dpmsolver++3m:100", SD_DDIM_CONFIG)
-        self.cal_fn = self.model.model_fn(labels[:192], GUIDANCE)
-        self.held_fn = self.model.model_fn(labels[192:], GUIDANCE)
+        self.cal_fn = self.model.model_fn(labels[:192], guidance)
+        self.held_fn = self.model.model_fn(labels[192:], guidance)
         traj = record_trajectories(
             self.teacher.scheduler, self.cal_fn, noise[:192], **self.teacher.run_kwargs()
         )
@@ -51,7 +52,8 @@ class Testbed:
             self.teacher.scheduler, self.held_fn, noise[192:], **self.teacher.run_kwargs()
         )
         self.held = held.with_metadata(conditions=tuple(f"class {int(c)}" for c in labels[192:]))
-        self.schedules = {s.num_steps: s for s in search_steps(self.traj, STEPS, self.cal_fn)}
+        searched = search_steps(self.traj, steps, self.cal_fn) if steps else []
+        self.schedules = {s.num_steps: s for s in searched}
 
     def heldout_errors(self, schedule) -> torch.Tensor:
         noise = self.held.samples[0]
@@ -150,3 +152,25 @@ def test_joint_refinement_lowers_the_final_error(bed: Testbed) -> None:
     assert refined.iterations > 0 and refined.final_loss < 0.9 * refined.initial_loss
     after = fitter.run(path, [refined.rows])
     assert fitter.score(after) < fitter.score(greedy)
+
+
+def test_the_pruning_pass_finds_a_shorter_path_inside_the_longer_one() -> None:
+    """At guidance 12 on a small budget, the 4-step search misses a path that the 5-step one
+    found: removing one of its steps fits better, validates better and samples better on
+    held-out noises than the 4-step schedule searched from below."""
+    bed = Testbed(guidance=12.0, steps=())
+    group, budget = FitGroup(bed.traj, bed.cal_fn), 3000
+    plain = search_step_counts(
+        [group], [4, 5], budget=EvaluationBudget(max_evaluations=budget), prune=False
+    )
+    pruned = search_step_counts([group], [4, 5], budget=EvaluationBudget(max_evaluations=budget))
+    four, five = pruned
+    assert four.pruned_from == 5 and plain[0].pruned_from is None
+    assert set(four.fits[0].path) < set(five.fits[0].path)
+    assert four.validation_errors[0] < plain[0].validation_errors[0]
+    assert five.validation_errors[0] <= four.validation_errors[0]
+    held = [
+        float(bed.heldout_errors(schedule_from_fit(bed.traj, r.fits[0], Method.CLOSED_LOOP)).mean())
+        for r in (plain[0], four)
+    ]
+    assert held[1] < held[0], held
