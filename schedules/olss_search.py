@@ -36,12 +36,8 @@ from schedules.schedule_file import (
     Schedule,
     TeacherInfo,
 )
-from schedules.schedule_search import (
-    DEFAULT_SEARCH_EXAMPLES,
-    DEFAULT_VALIDATION_FRACTION,
-    SteppedFit,
-    search_step_counts,
-)
+from schedules.schedule_search import SteppedFit, search_step_counts
+from schedules.search_examples import DEFAULT_SEARCH_EXAMPLES, DEFAULT_VALIDATION_FRACTION
 from schedules.trajectory import Trajectories
 
 

@@ -50,12 +50,14 @@ from schedules.joint_refine import DEFAULT_ITERATIONS, refine_jointly
 from schedules.paper_search import GramFitter
 from schedules.paths import check_step_count
 from schedules.schedule_file import Candidate
-from schedules.trajectory import Trajectories
+from schedules.search_examples import (
+    DEFAULT_SEARCH_EXAMPLES,
+    DEFAULT_VALIDATION_FRACTION,
+    concat_trajectories,
+    search_fitter,
+    validation_masks,
+)
 
-DEFAULT_SEARCH_EXAMPLES = 64
-"""Examples per group the path search runs on; the chosen path is then fitted on all."""
-DEFAULT_VALIDATION_FRACTION = 0.25
-"""Share of each condition's examples held out of the fit to check each schedule."""
 DEFAULT_REFINE_SHARE = 0.5
 """Share of a step count's budget kept for the joint refinement of its coefficients."""
 REFINE_MAX_STEPS = 10
@@ -93,69 +95,6 @@ class SteppedFit:
     seconds: float
     idle_from: int | None = None
     pruned_from: int | None = None
-
-
-def validation_masks(
-    groups: Sequence[FitGroup], fraction: float = DEFAULT_VALIDATION_FRACTION
-) -> list[torch.Tensor]:
-    """Per group, which examples validate: the last ``round(fraction * n_c)`` of each
-    condition's ``n_c`` examples, or, when conditions have too few examples for that, every
-    ``1/fraction``-th example of the group. Every group keeps at least one fitted example."""
-    masks = []
-    for group in groups:
-        labels = group.traj.condition_labels()
-        n = len(labels)
-        mask = torch.zeros(n, dtype=torch.bool)
-        if fraction > 0 and n > 1:
-            by_condition: dict[str, list[int]] = {}
-            for i, label in enumerate(labels):
-                by_condition.setdefault(label, []).append(i)
-            for members in by_condition.values():
-                count = round(fraction * len(members))
-                if count and count < len(members):
-                    mask[members[-count:]] = True
-            if not mask.any():
-                stride = max(2, round(1 / fraction))
-                mask[stride - 1 :: stride] = True
-        masks.append(mask)
-    return masks
-
-
-def search_subset(
-    groups: Sequence[FitGroup], fit_masks: Sequence[torch.Tensor], limit: int | None
-) -> list[torch.Tensor]:
-    """Per group, the indices of the fitted examples the path search uses: at most ``limit``
-    per group, taken round-robin over the group's conditions (so every condition is
-    represented before any has two); every fitted example when ``limit`` is ``None``."""
-    subsets = []
-    for group, mask in zip(groups, fit_masks, strict=True):
-        members = torch.nonzero(mask).flatten().tolist()
-        quota = len(members) if limit is None else min(limit, len(members))
-        labels = group.traj.condition_labels()
-        queues: dict[str, list[int]] = {}
-        for i in members:
-            queues.setdefault(labels[i], []).append(i)
-        order: list[int] = []
-        while len(order) < quota:
-            for queue in queues.values():
-                if queue and len(order) < quota:
-                    order.append(queue.pop(0))
-        subsets.append(torch.tensor(sorted(order), dtype=torch.long))
-    return subsets
-
-
-def concat_trajectories(trajs: Sequence[Trajectories]) -> Trajectories:
-    """Trajectories with the same teacher timesteps, concatenated along the examples."""
-    first = trajs[0]
-    conditions = None
-    if all(t.conditions is not None for t in trajs):
-        conditions = tuple(c for t in trajs for c in t.condition_labels())
-    return replace(
-        first,
-        samples=torch.cat([t.samples for t in trajs], dim=1),
-        outputs=torch.cat([t.outputs for t in trajs], dim=1),
-        conditions=conditions,
-    )
 
 
 def search_step_counts(
@@ -209,7 +148,7 @@ def search_step_counts(
         check_step_count(T, k)
     budget = budget or EvaluationBudget()
     fit_masks = [~mask for mask in validation_masks(groups, validation_fraction)]
-    searcher = _search_fitter(groups, fit_masks, search_examples, max_coef)
+    searcher = search_fitter(groups, fit_masks, search_examples, max_coef)
     gram = gram_matrix(concat_trajectories([g.traj for g in searcher.groups]))
     paper_fitter = GramFitter(gram, rcond=rcond, max_coef=max_coef)
     steps_search = _StepSearch(
@@ -366,23 +305,6 @@ def refinement_iteration_calls(k: int) -> int:
     (:mod:`schedules.joint_refine`). A step count whose refinement share cannot pay for one
     gives the whole share to the path search instead."""
     return sum((i + 2) * (k - 1 - i) for i in range(k)) + k - 1
-
-
-def _search_fitter(
-    groups: Sequence[FitGroup],
-    fit_masks: Sequence[torch.Tensor],
-    search_examples: int | None,
-    max_coef: float,
-) -> ClosedLoopFitter:
-    """The fitter the path search runs on: the groups' subsets of :func:`search_subset`, or
-    every group (fitting its fitted examples) when that is all of them or a model cannot be
-    restricted."""
-    subsets = search_subset(groups, fit_masks, search_examples)
-    if sum(len(s) for s in subsets) < sum(int(m.sum()) for m in fit_masks):
-        restricted = [g.select(s) for g, s in zip(groups, subsets, strict=True)]
-        if all(r is not None for r in restricted):
-            return ClosedLoopFitter([r for r in restricted if r is not None], max_coef=max_coef)
-    return ClosedLoopFitter(groups, fit_masks, max_coef=max_coef)
 
 
 def _share(
