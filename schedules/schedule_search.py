@@ -16,14 +16,15 @@ For step counts ``k_1 < k_2 < ...`` (Duan et al., arXiv:2305.14677, fitted close
    It is accepted only if no group's validation error is higher than that of the schedule for
    ``k_{j-1}``; otherwise the ``k_{j-1}`` schedule is kept with idle steps inserted
    (:func:`schedules.fit.with_idle_steps`), which samples exactly as it does.
-4. A pruning pass, longest first, for each ``k_j`` with ``k_{j+1} = k_j + 1``: every path of
-   the ``k_{j+1}`` schedule with one interior step removed is fitted (seeding from above finds
-   paths that growing from below missed, when the longer schedule's search moved its steps),
-   like the final fits on top of the budget (:func:`_pruned_seeds`). The best one
-   replaces the ``k_j`` schedule when it scores better on the search examples than the ``k_j``
-   path's greedy fit and its final fit validates better than the ``k_j`` schedule; then each
-   schedule that now validates worse than the one before it is replaced by that one with idle
-   steps. So the error never rises with the step count on the validation examples.
+4. A pruning pass, longest first: the ``k_{j+1}`` schedule's path is cut to ``k_j`` steps, one
+   interior step removed at a time, each removal the one that fits best (seeding from above
+   finds paths that growing from below missed, when the longer schedule's search moved its
+   steps); the removals are fitted like the final fits, on top of the budget
+   (:func:`_pruned_seeds`). The best ``k_j``-step path replaces the ``k_j`` schedule when it
+   scores better on the search examples than the ``k_j`` path's greedy fit and its final fit
+   validates better than the ``k_j`` schedule; then each schedule that now validates worse
+   than the one before it is replaced by that one with idle steps. So the error never rises
+   with the step count on the validation examples.
 """
 
 from __future__ import annotations
@@ -133,8 +134,7 @@ def search_step_counts(
             chosen path's coefficients (:mod:`schedules.joint_refine`); 0 skips it.
         refine_share: share of each step count's budget kept for the refinement.
         prune: run the pruning pass (step 4 of the module docstring); its removals
-            (``k(k-1)/2`` model calls per search example for k+1 -> k) and final fits run on
-            top of the budget's evaluations, and
+            (:func:`_pruned_seeds`) and final fits run on top of the budget's evaluations, and
             what the searches left of it goes to a coordinate descent from the best removal.
         rcond: eigenvalue cutoff of the Gram solves that build the paper's candidate paths.
         max_coef: coefficients above this make a path invalid.
@@ -160,7 +160,7 @@ def search_step_counts(
         refine_share=refine_share,
         progress=progress,
     )
-    pruned = [j for j in range(len(steps) - 1) if prune and steps[j + 1] == steps[j] + 1]
+    pruned = list(range(len(steps) - 1)) if prune else []
     results: list[SteppedFit] = []
     searched = 0  # evaluations of the path searches and refinements so far (not final fits)
     for j, k in enumerate(steps):
@@ -275,8 +275,8 @@ class _StepSearch:
     def prune(
         self, results: list[SteppedFit], j: int, allowance: EvaluationBudget
     ) -> tuple[SteppedFit, _Spent]:
-        """``results[j]``, or a better one searched from the next longer schedule's path with a
-        step removed (:func:`_pruned_seeds`): kept when its path scores below ``results[j]``'s
+        """``results[j]``, or a better one searched from the next longer schedule's path with
+        steps removed (:func:`_pruned_seeds`): kept when its path scores below ``results[j]``'s
         on the search examples and it validates better."""
         current, longer = results[j], results[j + 1]
         if longer.idle_from is not None:
@@ -287,7 +287,7 @@ class _StepSearch:
             k,
             allowance,
             results[j - 1] if j else None,
-            partial(_pruned_seeds, path=longer.fits[0].path),
+            partial(_pruned_seeds, path=longer.fits[0].path, k=k),
             [],
             incumbent=current.fits[0].path,
         )
@@ -389,13 +389,18 @@ def _no_seeds(search: PathSearch) -> list[list[int]]:
     return []
 
 
-def _pruned_seeds(search: PathSearch, path: list[int]) -> list[list[int]]:
-    """``path`` with each interior step removed, best scored first, fitted even past the
-    budget. Removing step i of a k+1-step path re-runs the ``k - i`` steps after it (the model
-    outputs before it are cached), so all removals cost ``k(k-1)/2`` model calls per search
-    example."""
-    options = [path[:i] + path[i + 1 :] for i in range(1, len(path))]
-    return sorted(options, key=lambda p: search.evaluate("prune", p, within_budget=False))
+def _pruned_seeds(search: PathSearch, path: list[int], k: int) -> list[list[int]]:
+    """``path`` cut to k steps, one interior step removed at a time, each the removal that
+    scores best: the pruned path, then the other removals of the last round; fitted even past
+    the budget. Removing step i of an r-step path re-runs the ``r - 1 - i`` steps after it (the
+    model outputs before it are cached), so a round costs at most ``(r-1)(r-2)/2`` model calls
+    per search example: 6 from 5 steps to 4, 10 from 6 to 5, 21 + 15 from 8 to 6."""
+    pruned = list(path)
+    options: list[list[int]] = []
+    while len(pruned) > k:
+        options = [pruned[:i] + pruned[i + 1 :] for i in range(1, len(pruned))]
+        pruned = min(options, key=lambda p: search.evaluate("prune", p, within_budget=False))
+    return [pruned, *(p for p in options if p != pruned)]
 
 
 def _monotone(results: list[SteppedFit], T: int) -> list[SteppedFit]:
