@@ -92,7 +92,9 @@ class Settings(BaseSettings):
         "body) within this long, else its connection is closed"
     )
     keep_alive_s: int = Field(
-        5, ge=1, description="gateway: an idle keep-alive connection is closed after this long"
+        75, ge=1, description="gateway: an idle keep-alive connection is closed after this "
+        "long; longer than clients and proxies keep theirs (httpx 5 s, aiohttp 15 s, nginx "
+        "60 s), so they close first and never send on a connection the gateway is closing"
     )
     sse_max_streams: int = Field(
         2000, ge=1, description="gateway: concurrent event streams per process (429 past it)"

@@ -20,6 +20,7 @@ import pytest
 from olss_cli.dev_redis import redis_answers
 from olss_core.protocol import ScheduleInfo, WorkerInfo, now
 from olss_core.redis_clients import sync_client
+from olss_core.settings import Settings
 from tests.support.ports import free_port
 from tests.support.processes import Gateway, service_env, start_gateway
 from tests.support.schedules import shipped_name
@@ -129,10 +130,21 @@ def gateway(redis_server: RedisServer) -> Iterator[Callable[..., Gateway]]:
         process.stop()
 
 
+KEEPALIVE_EXPIRY_S = Settings.model_fields["keep_alive_s"].default / 2
+"""The test clients drop an idle connection after this, well before the gateway closes it: with
+httpx's default (5 s, the gateway's own keep-alive) a request sent on a connection the gateway
+is closing at that moment fails with ``ReadError``, a client race, not a gateway error."""
+
+
 def client(gateway: Gateway, **options: object) -> httpx.Client:
+    options.setdefault("limits", httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_S))
     return httpx.Client(base_url=gateway.url, timeout=30, **options)
 
 
 def async_client(gateway: Gateway, connections: int = 100) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    limits = httpx.Limits(
+        max_connections=connections,
+        max_keepalive_connections=connections,
+        keepalive_expiry=KEEPALIVE_EXPIRY_S,
+    )
     return httpx.AsyncClient(base_url=gateway.url, timeout=60, limits=limits)
