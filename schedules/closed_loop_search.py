@@ -70,6 +70,13 @@ def insertions(path: Sequence[int], num_teacher_steps: int) -> list[list[int]]:
     return grown
 
 
+def removals(path: Sequence[int]) -> list[list[int]]:
+    """The paths with one interior step of ``path`` removed (``p_0`` stays). Removing step i of
+    an r-step path re-runs the ``r - 1 - i`` steps after it (the model outputs before it are
+    cached), so all of them cost at most ``(r-1)(r-2)/2`` model calls per example."""
+    return [[*path[:i], *path[i + 1 :]] for i in range(1, len(path))]
+
+
 @dataclass
 class PathSearch:
     """A closed-loop path search on one fitter; keeps every path it scored.
