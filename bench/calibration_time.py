@@ -8,7 +8,9 @@ fp32 on CPU, as ``olss calibrate`` loads a model. ``--tiny`` swaps in
 :data:`devtools.sd_configs.TINY` (32x32 images) for a CPU smoke run.
 
 Prints, and with ``--out`` writes as JSON: the wall time and model evaluations of the whole run
-(teacher, path search, held-out checks), from the last line ``calibrate`` logs.
+(teacher, path search, held-out checks), from the last line ``calibrate`` logs. Every line
+``calibrate`` logs is printed as it comes, after the seconds since the start, and its progress
+bars go to stderr, so a run stopped by a time limit still shows how far it got.
 
     .venv/bin/python -m bench.calibration_time                 # GPU: the issue-9 row
     .venv/bin/python -m bench.calibration_time --tiny --device cpu
@@ -49,7 +51,12 @@ def time_calibration(tiny: bool, device: str, steps: Sequence[int] | None) -> di
     config = CalibrationConfig() if steps is None else CalibrationConfig(num_steps=list(steps))
     lines: list[str] = []
     started = time.perf_counter()
-    schedules = calibrate(pipe, None, config, model_id=spec.name, progress=False, log=lines.append)
+
+    def log(line: str) -> None:
+        lines.append(line)
+        print(f"{time.perf_counter() - started:7.1f} s  {line}", flush=True)
+
+    schedules = calibrate(pipe, None, config, model_id=spec.name, log=log)
     wall = time.perf_counter() - started
     match = next(m for m in map(COST_LINE.search, reversed(lines)) if m)
     return {
