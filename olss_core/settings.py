@@ -250,7 +250,7 @@ class Settings(BaseSettings):
         None, description="worker: PyTorch scaled-dot-product attention (default: on)"
     )
     channels_last: bool | None = Field(
-        None, description="worker: channels-last UNet and VAE (default: on for CUDA)"
+        None, description="worker: channels-last UNet, the VAE stays NCHW (default: on for CUDA)"
     )
     compile: bool | None = Field(
         None, description="worker: torch.compile the UNet and VAE decoder in warm-up (default off)"

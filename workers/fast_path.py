@@ -9,8 +9,11 @@ Each optimisation is a separate switch so benchmarks can measure each one's effe
   the UNet, the VAE and the CLIP text encoder; off means the classic attention that materialises
   the full attention matrix (diffusers ``AttnProcessor``, transformers ``"eager"``). Both come as
   :mod:`workers.attention`'s processors, which spare every attention call a signature lookup.
-* ``channels_last``: NHWC memory format for the UNet and VAE weights, which lets cuDNN pick its
-  tensor-core convolution kernels without layout transposes.
+* ``channels_last``: NHWC memory format for the UNet's weights, which lets cuDNN pick its
+  tensor-core convolution kernels without layout transposes. The VAE stays NCHW: PyTorch's
+  GroupNorm copies a channels-last input to NCHW and back, and the decoder at full resolution is
+  mostly GroupNorm and convolutions, so on an H200 it decoded a 512x512 SD 1.5 image in 20.7 ms
+  NCHW against 25.8 ms channels-last (docs/BENCHMARKS.md, "The served path on an H200").
 * ``compile``: ``torch.compile`` of the UNet and the VAE decoder for static shapes. Compilation
   happens on the first call at each shape; the worker makes that call for every padded batch size
   it serves before it takes requests (``workers.warm_up``, ``workers.batch_buckets``), and its
@@ -62,7 +65,7 @@ class FastPathOptions:
     Args:
         fp16: half-precision weights and activations (``dtype`` is then ``torch.float16``).
         sdpa: PyTorch SDPA attention; ``False`` selects the classic attention.
-        channels_last: NHWC memory format for the UNet and the VAE.
+        channels_last: NHWC memory format for the UNet (the VAE stays NCHW).
         compile: ``torch.compile`` the UNet and the VAE decoder (static shapes, full graph).
         compile_mode: the ``torch.compile`` mode, one of :data:`COMPILE_MODES`. ``"default"``
             compiles in about a minute per shape; the autotuning modes take much longer.
@@ -171,7 +174,6 @@ def apply_fast_path(
     set_attention(pipe, options.sdpa)
     memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
     pipe.unet.to(memory_format=memory_format)
-    pipe.vae.to(memory_format=memory_format)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     if options.compile:

@@ -136,7 +136,7 @@ def test_channels_last_and_fp16_change_layout_and_dtype(
     pipe = apply_fast_path(tiny_pipeline, CPU, FastPathOptions(channels_last=True))
     conv = pipe.unet.conv_in.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
-    assert pipe.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert pipe.vae.decoder.conv_in.weight.is_contiguous()  # GroupNorm-bound: NCHW decodes faster
     torch.testing.assert_close(_image(pipe), reference, atol=1e-4, rtol=1e-4)
     pipe = apply_fast_path(pipe, CPU, FastPathOptions(fp16=True))
     assert {p.dtype for p in pipe.unet.parameters()} == {torch.float16}
