@@ -62,7 +62,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "schedules.calibration.DEFAULT_NUM_VALIDATION)",
     )
     calibrate.add_argument("--seed", type=int, default=0)
-    calibrate.add_argument("--batch-size", type=int, default=8)
+    calibrate.add_argument(
+        "--batch-size",
+        type=int,
+        help="examples per UNet call (default: schedules.calibration.DEFAULT_BATCH_SIZE, 24)",
+    )
     calibrate.add_argument(
         "--method", choices=["closed-loop", "paper", "uniform"], default="closed-loop"
     )
@@ -141,12 +145,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
         "num_validation": args.num_validation,
         "max_evaluations": args.max_evaluations,
         "search_examples": args.search_examples,
+        "batch_size": args.batch_size,
     }
     config = CalibrationConfig(
         seed=args.seed,
         height=args.height,
         width=args.width,
-        batch_size=args.batch_size,
         method=args.method,
         **{name: value for name, value in given.items() if value is not None},
     )

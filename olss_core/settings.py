@@ -237,6 +237,10 @@ class Settings(BaseSettings):
         None, ge=1, description="worker: model evaluations the path searches may spend "
         "(default 12000; the teacher and held-out runs come on top)"
     )
+    calibrate_batch_size: int | None = Field(
+        None, ge=1, description="worker: examples per UNet call of the start-up calibration "
+        "(default 24; twice the rows with guidance): lower it if the device runs out of memory"
+    )
     calibrate_lock_ttl_s: float = Field(
         30.0, gt=0, description="worker: the calibration lock expires this long after its "
         "holder stopped renewing it (died), and a waiting replica takes over"

@@ -52,6 +52,13 @@ DEFAULT_NUM_VALIDATION = 4
 """Held-out prompts, each run at every guidance scale of the grid (for the held-out reports)."""
 DEFAULT_MAX_EVALUATIONS = 12_000
 """Model evaluations for the path searches and refinements of all step counts together."""
+DEFAULT_BATCH_SIZE = 24
+"""Examples per UNet call (twice the rows under classifier-free guidance). An eager UNet call
+costs its host time whatever its size until the device takes longer: on an H200, SD 1.5 at
+512x512 spent 52.7 ms of host time per call against about 3.3 ms of device time per row, and a
+teacher step of 8 rows took as long as one of 16 (docs/BENCHMARKS.md, "GPU calibration cost").
+24 puts each guidance scale's teacher examples of the default calibration (16 fitted and 4
+held out) and its search examples in one call per step."""
 DEFAULT_SEARCH_EXAMPLES = 24
 """Calibration examples per guidance scale the path search runs on (the chosen path is then
 fitted on all of them)."""
@@ -192,23 +199,28 @@ def record_teacher(
     prompts: Sequence[str],
     teacher: Teacher,
     guidance_scale: float,
-    seed: int,
+    seeds: int | Sequence[int],
     height: int,
     width: int,
     negative_prompt: str = "",
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = True,
     description: str = "teacher",
 ) -> tuple[Trajectories, GuidedModel]:
     """Run the teacher through ``pipe`` for every prompt; return trajectories and ``model_fn``.
 
-    Example n starts from ``randn(seed + n)`` (a CPU generator), so its noise does not depend on
-    the batching. Each example's condition is its prompt. The pipeline's scheduler is restored
+    Example n starts from ``randn(seeds[n])`` (a CPU generator; an int ``seeds`` means
+    ``seeds + n``), so its noise does not depend on the batching. Each example's condition is
+    its prompt. The pipeline's scheduler is restored
     afterwards. An SDXL pipeline (its ``encode_prompt`` gives pooled embeddings too) is
     conditioned as the worker serves it: an empty negative prompt is what the pipeline makes of
     none (zeros with ``force_zeros_for_empty_prompt``), the micro-conditioning is
     ``(height, width, 0, 0, height, width)``.
     """
+    if isinstance(seeds, int):
+        seeds = range(seeds, seeds + len(prompts))
+    if len(seeds) != len(prompts):
+        raise ValueError(f"need one seed per prompt ({len(prompts)}), got {len(seeds)}")
     recorder = TrajectoryRecorder(teacher.scheduler)
     original = pipe.scheduler
     device = pipe._execution_device
@@ -233,8 +245,8 @@ def record_teacher(
                 addeds.append(added)
             noise = torch.stack(
                 [
-                    torch.randn(latent_shape, generator=torch.Generator().manual_seed(seed + n))
-                    for n in range(start, start + len(batch))
+                    torch.randn(latent_shape, generator=torch.Generator().manual_seed(seed))
+                    for seed in seeds[start : start + len(batch)]
                 ]
             )
             pipe(
@@ -309,7 +321,7 @@ class CalibrationConfig:
         num_validation: held-out prompts, run at every guidance scale (0 skips validation).
         height, width: image size in pixels (default: the UNet's native size).
         negative_prompt: the unconditional prompt.
-        batch_size: examples per pipeline / UNet call.
+        batch_size: examples per pipeline / UNet call (:data:`DEFAULT_BATCH_SIZE`).
         method: a :class:`~schedules.schedule_file.Method` or its value (default closed-loop).
         teacher_steps: T when ``teacher`` is a scheduler instance.
         max_evaluations: model evaluations the closed-loop path searches and refinements of all
@@ -328,7 +340,7 @@ class CalibrationConfig:
     height: int | None = None
     width: int | None = None
     negative_prompt: str = ""
-    batch_size: int = 8
+    batch_size: int = DEFAULT_BATCH_SIZE
     method: Method | str = Method.CLOSED_LOOP
     teacher_steps: int | None = None
     max_evaluations: int | None = DEFAULT_MAX_EVALUATIONS
@@ -424,29 +436,27 @@ def calibrate(
     )
     count = _Counter()
     groups, heldouts = [], []
+    heldout_seeds = [config.seed + len(scales) * len(fit_prompts) + n
+                     for n in range(len(heldout_prompts))]
     for g, scale in enumerate(scales):
-        mine = list(range(g, len(fit_prompts), len(scales)))
+        mine = [fit_prompts[n] for n in range(g, len(fit_prompts), len(scales))]
+        # The held-out prompts ride in the same teacher run (fewer, fuller UNet calls); their
+        # noises are the same at every scale.
+        seeds = [config.seed + g * len(fit_prompts) + n for n in range(len(mine))]
         traj, model_fn = record_teacher(
             pipe,
-            [fit_prompts[n] for n in mine],
+            mine + heldout_prompts,
             guidance_scale=scale,
-            seed=config.seed + g * len(fit_prompts),
+            seeds=seeds + heldout_seeds,
             description=f"teacher cfg{scale:g}",
             **common,
         )
-        groups.append(FitGroup(_keyed(traj, key, height, width), model_fn))
         count.teacher += traj.num_examples * teacher.num_steps
+        fit = torch.arange(len(mine))
+        groups.append(FitGroup(_keyed(traj.select(fit), key, height, width), model_fn.select(fit)))
         if heldout_prompts:
-            held, held_fn = record_teacher(
-                pipe,
-                heldout_prompts,
-                guidance_scale=scale,
-                seed=config.seed + len(scales) * len(fit_prompts),
-                description=f"held-out teacher cfg{scale:g}",
-                **common,
-            )
-            heldouts.append((held, held_fn))
-            count.teacher += held.num_examples * teacher.num_steps
+            held = torch.arange(len(mine), traj.num_examples)
+            heldouts.append((traj.select(held), model_fn.select(held)))
     schedules = _fit(groups, steps, config, log, progress)
     count.search = sum(
         s.fit_report.cost.evaluations

@@ -44,6 +44,7 @@ from olss_core.samplers import PEERS
 from olss_core.settings import Settings
 from schedules import ScheduleNotFound, ScheduleRegistry
 from schedules.calibration import (
+    DEFAULT_BATCH_SIZE,
     DEFAULT_GUIDANCE_GRID,
     DEFAULT_MAX_EVALUATIONS,
     DEFAULT_NUM_VALIDATION,
@@ -102,6 +103,7 @@ def calibration_config(
             else settings.calibrate_validation
         ),
         max_evaluations=settings.calibrate_max_evaluations or DEFAULT_MAX_EVALUATIONS,
+        batch_size=settings.calibrate_batch_size or DEFAULT_BATCH_SIZE,
     )
     return config, prompts
 

@@ -7,7 +7,7 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
 from schedules import OLSSScheduler, TrajectoryRecorder, search
-from schedules.calibration import record_teacher
+from schedules.calibration import CalibrationConfig, calibrate, record_teacher
 from schedules.teachers import parse_teacher
 
 PROMPTS = ["a red cat", "a blue dog"]
@@ -91,3 +91,33 @@ def test_default_teacher_runs_in_the_pipeline_down_to_t_zero(loaded_pipeline) ->
     assert [traj.timestep(i) for i in range(traj.num_steps)] == teacher.timesteps
     assert traj.teacher_class == "DPMSolverMultistepScheduler"
     assert traj.teacher_config["solver_order"] == 3
+
+
+def test_an_example_s_teacher_noise_is_its_seed_s_whatever_the_batch(loaded_pipeline) -> None:
+    teacher = parse_teacher("ddim:2", loaded_pipeline.scheduler.config)
+    both, _ = record_teacher(
+        loaded_pipeline, PROMPTS, teacher, 7.5, [11, 5], SIZE, SIZE, batch_size=2, progress=False
+    )
+    alone, _ = record_teacher(
+        loaded_pipeline, PROMPTS[1:], teacher, 7.5, 5, SIZE, SIZE, batch_size=1, progress=False
+    )
+    torch.testing.assert_close(both.samples[0][1:], alone.samples[0], rtol=0, atol=0)
+    assert not torch.equal(both.samples[0][0], both.samples[0][1])
+
+
+def test_held_out_prompts_ride_in_the_teacher_calls_of_the_fitted_ones(loaded_pipeline) -> None:
+    """One guidance scale, 4 fitted and 2 held-out prompts: every teacher step is one UNet call
+    on all 6 examples (12 rows with CFG), not one call for each part."""
+    prompts = [f"prompt {n}" for n in range(6)]
+    config = CalibrationConfig(num_steps=2, teacher="ddim:4", guidance_scale=7.5,
+                               num_validation=2, method="uniform", height=SIZE, width=SIZE)
+    rows: list[int] = []
+    hook = loaded_pipeline.unet.register_forward_pre_hook(
+        lambda _module, args: rows.append(args[0].shape[0])
+    )
+    try:
+        schedules = calibrate(loaded_pipeline, prompts, config, progress=False)
+    finally:
+        hook.remove()
+    assert rows.count(12) == 4 and rows[:4] == [12] * 4  # the teacher's 4 steps come first
+    assert schedules[0].fit_report.heldout is not None

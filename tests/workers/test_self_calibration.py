@@ -19,13 +19,19 @@ from olss_core.protocol import CalibrationProgress, WorkerState
 from olss_core.samplers import FALLBACK_SAMPLER, OLSS
 from olss_core.settings import ConfigError, Settings
 from schedules import ScheduleRegistry
+from schedules.calibration import DEFAULT_BATCH_SIZE
 from schedules.model_identity import model_identity
 from tests.support.redis_db import unit_settings
 from tests.support.torch_threads import single_torch_thread
 from workers.calibration_lock import CalibrationLock
 from workers.metrics_server import MetricsServer
 from workers.schedulers import SchedulerBank, load_model_schedules
-from workers.self_calibration import ModelToCalibrate, SelfCalibration, missing_steps
+from workers.self_calibration import (
+    ModelToCalibrate,
+    SelfCalibration,
+    calibration_config,
+    missing_steps,
+)
 
 KEY = "tiny-sd"
 TINY_KNOBS = dict(
@@ -71,6 +77,13 @@ def test_an_empty_registry_is_calibrated_once_with_progress_and_the_identity(
     shown.clear()
     assert calibration.ensure(target, registry) is None  # the next start preloads them
     assert shown == []
+
+
+def test_the_calibration_batch_size_is_a_setting(tmp_path: Path) -> None:
+    config, _ = calibration_config(tiny_settings(tmp_path), [4], 7.5)
+    assert config.batch_size == DEFAULT_BATCH_SIZE
+    config, _ = calibration_config(tiny_settings(tmp_path, calibrate_batch_size=3), [4], 7.5)
+    assert config.batch_size == 3
 
 
 def test_off_or_failing_calibration_says_why(
