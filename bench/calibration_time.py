@@ -3,8 +3,10 @@
 Issue 9's cost target: calibrating the SD 1.5 architecture at 512x512 for 4/5/6/8 steps with
 the default :class:`schedules.calibration.CalibrationConfig` takes at most 5 minutes on an
 H100-class GPU. The model is :mod:`bench.bench_model`'s random-weights pipeline (same compute as
-the real one; the schedules it yields mean nothing), so nothing is downloaded. fp16 on CUDA,
-fp32 on CPU, as ``olss calibrate`` loads a model. ``--tiny`` swaps in
+the real one; the schedules it yields mean nothing), so nothing is downloaded. It gets the
+worker's default fast path for the device (:func:`workers.fast_path.apply_fast_path`: fp16,
+SDPA attention and a channels-last UNet on CUDA, fp32 on CPU), since a worker calibrates the
+model it has loaded to serve. ``--tiny`` swaps in
 :data:`devtools.sd_configs.TINY` (32x32 images) for a CPU smoke run.
 
 Prints, and with ``--out`` writes as JSON: the wall time and model evaluations of the whole run
@@ -31,6 +33,7 @@ import torch
 
 from bench.bench_model import build_pipeline
 from devtools.sd_configs import SD15, TINY
+from workers.fast_path import FastPathOptions, apply_fast_path
 
 COST_LINE = re.compile(
     r"calibration: (?P<total>\d+) model evaluations \(teacher (?P<teacher>\d+), search "
@@ -46,8 +49,7 @@ def time_calibration(tiny: bool, device: str, steps: Sequence[int] | None) -> di
     target = torch.device(device)
     with tempfile.TemporaryDirectory() as work:
         pipe = build_pipeline(spec, target, Path(work))
-    if target.type == "cuda":
-        pipe = pipe.to(dtype=torch.float16)
+    pipe = apply_fast_path(pipe, target, FastPathOptions.for_device(target))
     config = CalibrationConfig() if steps is None else CalibrationConfig(num_steps=list(steps))
     lines: list[str] = []
     started = time.perf_counter()
