@@ -211,10 +211,10 @@ def record_teacher(
 
     Example n starts from ``randn(seeds[n])`` (a CPU generator; an int ``seeds`` means
     ``seeds + n``), so its noise does not depend on the batching. Each example's condition is
-    its prompt. The pipeline's scheduler is restored
-    afterwards. An SDXL pipeline (its ``encode_prompt`` gives pooled embeddings too) is
-    conditioned as the worker serves it: an empty negative prompt is what the pipeline makes of
-    none (zeros with ``force_zeros_for_empty_prompt``), the micro-conditioning is
+    its prompt. The pipeline's scheduler is restored afterwards. An SDXL pipeline (its
+    ``encode_prompt`` gives pooled embeddings too) is conditioned as the worker serves it: an
+    empty negative prompt is what the pipeline makes of none (zeros with
+    ``force_zeros_for_empty_prompt``), the micro-conditioning is
     ``(height, width, 0, 0, height, width)``.
     """
     if isinstance(seeds, int):

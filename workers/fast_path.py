@@ -174,6 +174,7 @@ def apply_fast_path(
     set_attention(pipe, options.sdpa)
     memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
     pipe.unet.to(memory_format=memory_format)
+    pipe.vae.to(memory_format=torch.contiguous_format)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     if options.compile:
