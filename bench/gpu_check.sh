@@ -15,10 +15,10 @@
 # (default 150 s) of the hard limit are left, whether or not the SD 1.5 part failed, and its own
 # budget ends 30 s before the limit. GPU_CHECK_SDXL: auto (the default, as above), off, or only
 # (the SDXL part alone, with the whole limit). The exit status is the first failed part's.
-# Measured on an H200 (2026-12-04, the plan before compile moved up): model build and the
-# default cells with the profile about 60 s, compile at batch 1 96 s of warm-up, the six switches
-# about 40 s, the service about 105 s (two worker starts of 33 to 35 s); 318 s in all before the
-# cold start, which the 340 s limit of that run cut.
+# On an H200 (2026-12-04, the plan before compile moved up) everything before the cold start took
+# 318 s, which the run's 340 s limit then cut. Of it, from the run's own load, warm-up and level
+# times: compile at batch 1 96 s of warm-up, the service about 105 s (two worker starts of 33 to
+# 35 s), the six switches' loads and warm-ups 29 s plus their timed calls.
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 out_dir="${1:-$root/bench/results}"
