@@ -65,7 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     calibrate.add_argument(
         "--batch-size",
         type=int,
-        help="examples per UNet call (default: schedules.calibration.DEFAULT_BATCH_SIZE, 24)",
+        help="examples per UNet call (default: schedules.calibration.default_batch_size, 24 at "
+        "512x512 and fewer for larger images)",
     )
     calibrate.add_argument(
         "--method", choices=["closed-loop", "paper", "uniform"], default="closed-loop"

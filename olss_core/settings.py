@@ -239,7 +239,8 @@ class Settings(BaseSettings):
     )
     calibrate_batch_size: int | None = Field(
         None, ge=1, description="worker: examples per UNet call of the start-up calibration "
-        "(default 24; twice the rows with guidance): lower it if the device runs out of memory"
+        "(default 24 at 512x512, fewer for larger images; twice the rows with guidance): lower "
+        "it if the device runs out of memory"
     )
     calibrate_lock_ttl_s: float = Field(
         30.0, gt=0, description="worker: the calibration lock expires this long after its "

@@ -53,12 +53,22 @@ DEFAULT_NUM_VALIDATION = 4
 DEFAULT_MAX_EVALUATIONS = 12_000
 """Model evaluations for the path searches and refinements of all step counts together."""
 DEFAULT_BATCH_SIZE = 24
-"""Examples per UNet call (twice the rows under classifier-free guidance). An eager UNet call
-costs its host time whatever its size until the device takes longer: on an H200, SD 1.5 at
-512x512 spent 52.7 ms of host time per call against about 3.3 ms of device time per row, and a
+"""Examples per UNet call at 512x512 (twice the rows under classifier-free guidance). An eager
+UNet call costs its host time whatever its size until the device takes longer: on an H200, SD 1.5
+at 512x512 spent 52.7 ms of host time per call against about 3.3 ms of device time per row, and a
 teacher step of 8 rows took as long as one of 16 (docs/BENCHMARKS.md, "GPU calibration cost").
 24 puts each guidance scale's teacher examples of the default calibration (16 fitted and 4
-held out) and its search examples in one call per step."""
+held out) and its search examples in one call per step. Larger images get fewer
+(:func:`default_batch_size`)."""
+DEFAULT_BATCH_PIXELS = 512 * 512
+"""The image size :data:`DEFAULT_BATCH_SIZE` is for."""
+
+
+def default_batch_size(height: int, width: int) -> int:
+    """Examples per UNet call at ``height`` x ``width``: :data:`DEFAULT_BATCH_SIZE` at 512x512,
+    scaled by the inverse of the pixel count, since activation memory grows with it (SDXL at
+    1024x1024 gets 6, SD 2.x at 768x768 gets 10; at least 1)."""
+    return max(1, DEFAULT_BATCH_SIZE * DEFAULT_BATCH_PIXELS // (height * width))
 DEFAULT_SEARCH_EXAMPLES = 24
 """Calibration examples per guidance scale the path search runs on (the chosen path is then
 fitted on all of them)."""
@@ -321,7 +331,8 @@ class CalibrationConfig:
         num_validation: held-out prompts, run at every guidance scale (0 skips validation).
         height, width: image size in pixels (default: the UNet's native size).
         negative_prompt: the unconditional prompt.
-        batch_size: examples per pipeline / UNet call (:data:`DEFAULT_BATCH_SIZE`).
+        batch_size: examples per pipeline / UNet call (default: :func:`default_batch_size` of
+            the image size).
         method: a :class:`~schedules.schedule_file.Method` or its value (default closed-loop).
         teacher_steps: T when ``teacher`` is a scheduler instance.
         max_evaluations: model evaluations the closed-loop path searches and refinements of all
@@ -340,7 +351,7 @@ class CalibrationConfig:
     height: int | None = None
     width: int | None = None
     negative_prompt: str = ""
-    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_size: int | None = None
     method: Method | str = Method.CLOSED_LOOP
     teacher_steps: int | None = None
     max_evaluations: int | None = DEFAULT_MAX_EVALUATIONS
@@ -431,7 +442,7 @@ def calibrate(
         height=height,
         width=width,
         negative_prompt=config.negative_prompt,
-        batch_size=config.batch_size,
+        batch_size=config.batch_size or default_batch_size(height, width),
         progress=progress,
     )
     count = _Counter()

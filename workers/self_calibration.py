@@ -44,7 +44,6 @@ from olss_core.samplers import PEERS
 from olss_core.settings import Settings
 from schedules import ScheduleNotFound, ScheduleRegistry
 from schedules.calibration import (
-    DEFAULT_BATCH_SIZE,
     DEFAULT_GUIDANCE_GRID,
     DEFAULT_MAX_EVALUATIONS,
     DEFAULT_NUM_VALIDATION,
@@ -103,7 +102,7 @@ def calibration_config(
             else settings.calibrate_validation
         ),
         max_evaluations=settings.calibrate_max_evaluations or DEFAULT_MAX_EVALUATIONS,
-        batch_size=settings.calibrate_batch_size or DEFAULT_BATCH_SIZE,
+        batch_size=settings.calibrate_batch_size,
     )
     return config, prompts
 

@@ -7,7 +7,13 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
 from schedules import OLSSScheduler, TrajectoryRecorder, search
-from schedules.calibration import CalibrationConfig, calibrate, record_teacher
+from schedules.calibration import (
+    DEFAULT_BATCH_SIZE,
+    CalibrationConfig,
+    calibrate,
+    default_batch_size,
+    record_teacher,
+)
 from schedules.teachers import parse_teacher
 
 PROMPTS = ["a red cat", "a blue dog"]
@@ -121,3 +127,9 @@ def test_held_out_prompts_ride_in_the_teacher_calls_of_the_fitted_ones(loaded_pi
         hook.remove()
     assert rows.count(12) == 4 and rows[:4] == [12] * 4  # the teacher's 4 steps come first
     assert schedules[0].fit_report.heldout is not None
+
+
+def test_the_default_batch_shrinks_as_the_images_grow() -> None:
+    assert default_batch_size(512, 512) == DEFAULT_BATCH_SIZE == 24
+    assert default_batch_size(768, 768) == 10 and default_batch_size(1024, 1024) == 6
+    assert default_batch_size(4096, 4096) == 1 and default_batch_size(64, 64) > 24

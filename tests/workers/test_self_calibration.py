@@ -19,7 +19,6 @@ from olss_core.protocol import CalibrationProgress, WorkerState
 from olss_core.samplers import FALLBACK_SAMPLER, OLSS
 from olss_core.settings import ConfigError, Settings
 from schedules import ScheduleRegistry
-from schedules.calibration import DEFAULT_BATCH_SIZE
 from schedules.model_identity import model_identity
 from tests.support.redis_db import unit_settings
 from tests.support.torch_threads import single_torch_thread
@@ -81,7 +80,7 @@ def test_an_empty_registry_is_calibrated_once_with_progress_and_the_identity(
 
 def test_the_calibration_batch_size_is_a_setting(tmp_path: Path) -> None:
     config, _ = calibration_config(tiny_settings(tmp_path), [4], 7.5)
-    assert config.batch_size == DEFAULT_BATCH_SIZE
+    assert config.batch_size is None  # calibrate() sizes it to the image
     config, _ = calibration_config(tiny_settings(tmp_path, calibrate_batch_size=3), [4], 7.5)
     assert config.batch_size == 3
 
