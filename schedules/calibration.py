@@ -62,6 +62,9 @@ held out) and its search examples in one call per step. Larger images get fewer
 (:func:`default_batch_size`)."""
 DEFAULT_BATCH_PIXELS = 512 * 512
 """The image size :data:`DEFAULT_BATCH_SIZE` is for."""
+DEFAULT_SEARCH_EXAMPLES = 24
+"""Calibration examples per guidance scale the path search runs on (the chosen path is then
+fitted on all of them)."""
 
 
 def default_batch_size(height: int, width: int) -> int:
@@ -69,9 +72,6 @@ def default_batch_size(height: int, width: int) -> int:
     scaled by the inverse of the pixel count, since activation memory grows with it (SDXL at
     1024x1024 gets 6, SD 2.x at 768x768 gets 10; at least 1)."""
     return max(1, DEFAULT_BATCH_SIZE * DEFAULT_BATCH_PIXELS // (height * width))
-DEFAULT_SEARCH_EXAMPLES = 24
-"""Calibration examples per guidance scale the path search runs on (the chosen path is then
-fitted on all of them)."""
 
 
 def default_prompts() -> list[str]:
