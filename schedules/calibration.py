@@ -55,10 +55,10 @@ DEFAULT_MAX_EVALUATIONS = 12_000
 DEFAULT_BATCH_SIZE = 24
 """Examples per UNet call at 512x512 (twice the rows under classifier-free guidance). An eager
 UNet call costs its host time whatever its size until the device takes longer: on an H200, SD 1.5
-at 512x512 spent 52.7 ms of host time per call against about 3.3 ms of device time per row, and a
-teacher step of 8 rows took as long as one of 16 (docs/BENCHMARKS.md, "GPU calibration cost").
-24 puts each guidance scale's teacher examples of the default calibration (16 fitted and 4
-held out) and its search examples in one call per step. Larger images get fewer
+at 512x512 spent 52.7 ms of host time per call (profiled) against about 3.3 ms of device time per
+row, and a teacher step of 8 rows took as long as one of 16 (docs/BENCHMARKS.md, "GPU
+calibration cost"). 24 puts each guidance scale's teacher examples of the default calibration
+(16 fitted and 4 held out) and its search examples in one call per step. Larger images get fewer
 (:func:`default_batch_size`)."""
 DEFAULT_BATCH_PIXELS = 512 * 512
 """The image size :data:`DEFAULT_BATCH_SIZE` is for."""
