@@ -213,15 +213,16 @@ def record_teacher(
     height: int,
     width: int,
     negative_prompt: str = "",
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     progress: bool = True,
     description: str = "teacher",
 ) -> tuple[Trajectories, GuidedModel]:
     """Run the teacher through ``pipe`` for every prompt; return trajectories and ``model_fn``.
 
     Example n starts from ``randn(seeds[n])`` (a CPU generator; an int ``seeds`` means
-    ``seeds + n``), so its noise does not depend on the batching. Each example's condition is
-    its prompt. The pipeline's scheduler is restored afterwards. An SDXL pipeline (its
+    ``seeds + n``), so its noise does not depend on the batching; ``batch_size`` examples go
+    into each UNet call (default :func:`default_batch_size` of the image size). Each example's
+    condition is its prompt. The pipeline's scheduler is restored afterwards. An SDXL pipeline (its
     ``encode_prompt`` gives pooled embeddings too) is conditioned as the worker serves it: an
     empty negative prompt is what the pipeline makes of none (zeros with
     ``force_zeros_for_empty_prompt``), the micro-conditioning is
@@ -231,6 +232,7 @@ def record_teacher(
         seeds = range(seeds, seeds + len(prompts))
     if len(seeds) != len(prompts):
         raise ValueError(f"need one seed per prompt ({len(prompts)}), got {len(seeds)}")
+    batch_size = batch_size or default_batch_size(height, width)
     recorder = TrajectoryRecorder(teacher.scheduler)
     original = pipe.scheduler
     device = pipe._execution_device
@@ -442,7 +444,7 @@ def calibrate(
         height=height,
         width=width,
         negative_prompt=config.negative_prompt,
-        batch_size=config.batch_size or default_batch_size(height, width),
+        batch_size=config.batch_size,
         progress=progress,
     )
     count = _Counter()
