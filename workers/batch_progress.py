@@ -8,11 +8,16 @@ step for the others; once no job is left it stops the batch. The step events
 of the jobs that asked for previews go through ``previews`` instead (all of them, so they stay
 in order), with a picture of the job's latents (``workers.previews``) on its n-th steps but the
 last.
+
+A batch whose ``START`` is still in flight (``workers.batch_runner``) passes ``starting``: it
+returns the jobs ``START`` let run. The hook takes that answer before it records its first step
+(so the ``started`` events go first); a job ``START`` did not let run is ``not_started``: it is
+left out from then on, as if canceled, and its image is never stored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -47,7 +52,7 @@ def preview_due(every: int, step: int, total: int) -> bool:
 @dataclass(frozen=True)
 class BatchProgress:
     """A ``StepHook`` (call it with ``(step, total)``) for ``jobs``; ``canceled`` holds the ids
-    of the jobs it finished as canceled."""
+    of the jobs it finished as canceled, ``not_started`` those ``starting`` did not let run."""
 
     jobs: list[ClaimedJob]
     lifecycle: JobLifecycle
@@ -56,15 +61,37 @@ class BatchProgress:
     faults: FaultInjection
     previews: PreviewSink | None = None
     deadline: Deadline | None = None
+    starting: Callable[[], list[ClaimedJob]] | None = None
     canceled: set[str] = field(default_factory=set, init=False)
     timed_out: set[str] = field(default_factory=set, init=False)
+    not_started: set[str] = field(default_factory=set, init=False)
+    _settled: list[bool] = field(default_factory=list, init=False)
 
     def active(self) -> list[ClaimedJob]:
-        """The batch's jobs not canceled or timed out so far, in batch order."""
-        return [job for job in self.jobs
-                if job.id not in self.canceled and job.id not in self.timed_out]
+        """The batch's jobs not canceled, timed out or left out by ``START`` so far, in batch
+        order."""
+        left_out = self.canceled | self.timed_out | self.not_started
+        return [job for job in self.jobs if job.id not in left_out]
+
+    def left_out(self) -> set[str]:
+        """Ids of the jobs whose images are not to be stored: canceled or not started."""
+        return self.canceled | self.not_started
+
+    def settle_start(self) -> None:
+        """Take ``starting``'s answer, once (raises what ``START`` raised, every call): a job
+        it let run gets its record as ``START`` left it, the others are ``not_started``."""
+        if self.starting is None or self._settled:
+            return
+        started = {job.id: job for job in self.starting()}
+        self._settled.append(True)
+        for index, job in enumerate(self.jobs):  # in place: rows keep their jobs' order
+            if job.id in started:
+                self.jobs[index] = started[job.id]
+            else:
+                self.not_started.add(job.id)
 
     def __call__(self, step: int, total: int, latents: Any = None) -> bool:
+        self.settle_start()
         self.faults.delay_step()
         active = self.active()
         late = self.deadline is not None and step < total and self.deadline.passed()

@@ -56,14 +56,18 @@ class Start(Enum):
 @dataclass(frozen=True)
 class Delivery:
     """A stream entry read by this worker: its entry id, the job it names and the copy of the
-    job's record it carries (``None``: the entry has none, or an unreadable one)."""
+    job's record it carries (``None``: the entry has none, or an unreadable one). ``first`` says
+    it is the job's first delivery: the gateway's own entry, read new (not reclaimed from a
+    worker that died), with the copy of a record no start has counted an attempt in."""
 
     message_id: str
     job_id: str
     record: JobRecord | None = None
+    first: bool = False
 
     @classmethod
-    def of(cls, message_id: str, fields: dict[str, str]) -> Delivery:
+    def of(cls, message_id: str, fields: dict[str, str], new: bool = False) -> Delivery:
+        """The entry ``message_id`` with ``fields``; ``new``: read new (``>``), not reclaimed."""
         record_fields = {k: v for k, v in fields.items() if k != STREAM_JOB_FIELD}
         record = None
         if record_fields:
@@ -72,15 +76,17 @@ class Delivery:
             except ValueError:  # pydantic's ValidationError (its text may quote the prompt)
                 log.warning("entry %s carries an unreadable copy of its record: reading the "
                             "record instead", message_id)
-        return cls(message_id, fields[STREAM_JOB_FIELD], record)
+        first = new and record is not None and record.attempts == 0
+        return cls(message_id, fields[STREAM_JOB_FIELD], record, first)
 
 
 @dataclass(frozen=True)
 class ClaimedJob:
-    """A delivered job with its record as read."""
+    """A delivered job with its record as read; ``first_delivery`` as ``Delivery.first``."""
 
     message_id: str
     record: JobRecord
+    first_delivery: bool = False
 
     @property
     def id(self) -> str:
@@ -130,7 +136,8 @@ class JobLifecycle:
         reply = self.redis.xreadgroup(
             GROUP, self.consumer, {self.stream: ">"}, count=count, block=block_ms
         )
-        return [Delivery.of(mid, fields) for _, entries in reply for mid, fields in entries]
+        return [Delivery.of(mid, fields, new=True) for _, entries in reply
+                for mid, fields in entries]
 
     def reclaim(self, count: int) -> list[Delivery]:
         """Entries idle longer than the lease (their worker died): now this worker's."""
@@ -177,7 +184,7 @@ class JobLifecycle:
         claimed = []
         for delivery in deliveries:
             if delivery.record is not None:
-                claimed.append(ClaimedJob(delivery.message_id, delivery.record))
+                claimed.append(ClaimedJob(delivery.message_id, delivery.record, delivery.first))
             elif data := read[delivery.message_id]:
                 claimed.append(ClaimedJob(delivery.message_id, JobRecord.from_hash(data)))
             else:
@@ -186,18 +193,21 @@ class JobLifecycle:
 
     # -- transitions ------------------------------------------------------------------------
 
-    def start(self, jobs: list[ClaimedJob]) -> list[tuple[Start, ClaimedJob]]:
+    def start(self, jobs: list[ClaimedJob], at: float | None = None
+              ) -> list[tuple[Start, ClaimedJob]]:
         """Atomically move each job to running (counting an attempt, sending ``started``),
         unless it must not run: gone or finished (acknowledged), canceled, or out of attempts
-        (dead-lettered). One script call for the batch: its jobs' keys share their model's
-        cluster slot."""
+        (dead-lettered). ``at`` is the start time recorded (default: now). One script call for
+        the batch: its jobs' keys share their model's cluster slot."""
         if not jobs:
             return []
         keys = [queued_zset(self.model)]
         for job in jobs:
             keys += [job_key(job.id), cancel_key(job.id), events_key(job.id)]
         event = JobEvent(type=EventType.STARTED, status=JobStatus.RUNNING).to_fields()
-        replies = self._start(keys=keys, args=[self.consumer, now(), self.settings.max_attempts,
+        started_at = now() if at is None else at
+        replies = self._start(keys=keys, args=[self.consumer, started_at,
+                                               self.settings.max_attempts,
                                                event["type"], event["data"]])
         decisions: list[tuple[Start, ClaimedJob]] = []
         for job, reply in zip(jobs, replies, strict=True):

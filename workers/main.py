@@ -15,6 +15,7 @@ import signal
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import redis
@@ -76,6 +77,7 @@ class Worker:
         self.metrics_server: MetricsServer | None = None
         self.results: ResultSink | None = None
         self.previews: StepPreviews | None = None
+        self.starts: ThreadPoolExecutor | None = None
         self.throughput = ThroughputMeter()
         self.startup: StartupTimes | None = None
 
@@ -120,9 +122,11 @@ class Worker:
                               settings.cache_dir, loaded.key),
             lifecycle.progress,
         )
+        self.starts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="start")
         runner = BatchRunner(
             lifecycle, loaded.engine, leases, self.results, self.metrics,
             FaultInjection.from_settings(settings), free_device_memory, window, self.previews,
+            self.starts,
         )
         receiver = BatchReceiver(lifecycle, leases, settings.max_batch_size, window)
         self.loop = ServeLoop(
@@ -225,6 +229,8 @@ class Worker:
             self.results.close()
         if self.previews is not None:
             self.previews.close()
+        if self.starts is not None:
+            self.starts.shutdown(wait=True)
         if self.heartbeat is not None:
             self.heartbeat.stop()
         if self.metrics_server is not None:
