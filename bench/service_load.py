@@ -9,8 +9,9 @@ the reply, so the service overhead (end-to-end minus the inference of the reques
 from the same run. The engine's own throughput is measured in this process with the worker's
 loading and settings (``workers.startup.load_model``), batches of ``--max-batch-size`` jobs back
 to back, between the client levels, while the service is idle. ``--ablate`` restarts the worker
-with each of its serving switches off (``OLSS_ADAPTIVE_BATCH_WAIT``, ``OLSS_OVERLAP_RESULTS``) and
-with ``OLSS_MAX_BATCH_SIZE=1`` and repeats the levels named by ``--ablate-clients``. After each
+with each of its serving switches off (``OLSS_ADAPTIVE_BATCH_WAIT``, ``OLSS_OVERLAP_RESULTS``,
+``OLSS_OVERLAP_START``) and with ``OLSS_MAX_BATCH_SIZE=1`` and repeats the levels named by
+``--ablate-clients``. After each
 level with an overhead target, the floor (``bench/service_floor.py``: the same shape with none of
 olss's code, the level's median inference time as its worker's sleep) runs at the same client
 count, so each overhead has a baseline measured beside it (``--no-floor`` skips it).
@@ -180,6 +181,7 @@ def targets(results: list[LevelResult], engine: EngineRate | None,
 ABLATIONS = {
     "adaptive wait off": {"adaptive_batch_wait": "false"},
     "overlap off": {"overlap_results": "false"},
+    "start overlap off": {"overlap_start": "false"},
 }
 
 

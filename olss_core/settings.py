@@ -197,6 +197,11 @@ class Settings(BaseSettings):
         True, description="worker: encode and store a batch's images in a background thread "
         "while the next batch runs"
     )
+    overlap_start: bool = Field(
+        True, description="worker: a batch of new jobs sends its START (the Redis step that "
+        "marks them running) while its first denoising step runs; a redelivered job always "
+        "waits for it"
+    )
     heartbeat_ttl_s: float = Field(
         10.0, gt=0, description="worker: a heartbeat older than this means the worker is gone"
     )

@@ -122,7 +122,8 @@ class Worker:
                               settings.cache_dir, loaded.key),
             lifecycle.progress,
         )
-        self.starts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="start")
+        if settings.overlap_start:
+            self.starts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="start")
         runner = BatchRunner(
             lifecycle, loaded.engine, leases, self.results, self.metrics,
             FaultInjection.from_settings(settings), free_device_memory, window, self.previews,
