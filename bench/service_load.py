@@ -11,10 +11,10 @@ loading and settings (``workers.startup.load_model``), batches of ``--max-batch-
 to back, between the client levels, while the service is idle. ``--ablate`` restarts the worker
 with each of its serving switches off (``OLSS_ADAPTIVE_BATCH_WAIT``, ``OLSS_OVERLAP_RESULTS``,
 ``OLSS_OVERLAP_START``) and with ``OLSS_MAX_BATCH_SIZE=1`` and repeats the levels named by
-``--ablate-clients``. After each
-level with an overhead target, the floor (``bench/service_floor.py``: the same shape with none of
-olss's code, the level's median inference time as its worker's sleep) runs at the same client
-count, so each overhead has a baseline measured beside it (``--no-floor`` skips it).
+``--ablate-clients``. After each level with an overhead target, the floor
+(``bench/service_floor.py``: the same shape with none of olss's code, the level's median
+inference time as its worker's sleep) runs at the same client count, so each overhead has a
+baseline measured beside it (``--no-floor`` skips it).
 
     .venv/bin/python -m bench.service_load                 # 1, 8, 32 clients
     .venv/bin/python -m bench.service_load --clients 1 8 --requests 64 --ablate
